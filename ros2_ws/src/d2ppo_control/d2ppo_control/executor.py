@@ -1,0 +1,211 @@
+"""Chunk execution: turns a stream of action chunks into one command per control tick.
+
+The same class runs in the franka node and the sim node, so sim and real execute chunks identically
+(DESIGN.md, "Action chunk"):
+
+* action ``i`` of a chunk is due at ``chunk.stamp + i * chunk.period``; each tick runs the oldest due
+  action — the first tick at or after its time, or up to half a period before it (nearest tick);
+* an action that is more than ``late_tolerance`` overdue is dropped, never executed late (its observation
+  is too old); the default tolerance of one period absorbs the phase between a chunk's arrival and the
+  next tick, so a chunk that arrives on time loses nothing;
+* a newer chunk (larger stamp) replaces the rest of the older one; a chunk with an older or equal stamp is
+  ignored (out-of-order delivery, a restarted publisher replaying old data);
+* a chunk with NaN/inf anywhere, or a period other than the executor's, is rejected whole and cancels what
+  was pending: the policy that produced it is not trusted for the rest of its plan either;
+* every action goes through the :class:`~d2ppo_control.safety.SafetyEnvelope`; a rejected action is a hold;
+* watchdog: once armed by the first valid chunk, if no valid chunk (one with at least one schedulable
+  action) arrived for ``limits.watchdog_timeout`` seconds, pending actions are cancelled and every tick
+  holds until a new valid chunk arrives.
+
+Times are seconds on one clock (ROS time on the robot, sim time in simulation).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import numpy as np
+
+from d2ppo_control.chunk import ActionChunk
+from d2ppo_control.safety import SafetyEnvelope
+
+MOVE = "move"
+HOLD = "hold"
+
+#: Executor counters, all present from the start so diagnostics show the full set.
+EXECUTOR_COUNTERS = (
+    "chunks_received",
+    "chunks_accepted",
+    "chunks_ignored_old",
+    "chunks_rejected_non_finite",
+    "chunks_rejected_period",
+    "chunks_all_stale",
+    "actions_scheduled",
+    "actions_executed",
+    "actions_rejected",
+    "actions_dropped_stale",
+    "actions_replaced",
+    "actions_cancelled",
+    "watchdog_trips",
+    "holds_watchdog",
+    "holds_idle",
+)
+
+#: A chunk's period may differ from the executor's by this fraction (clock rounding in messages).
+_PERIOD_TOLERANCE = 0.05
+
+
+@dataclass(frozen=True)
+class Command:
+    """What the robot does this tick.
+
+    Attributes:
+        kind: "move" (execute ``action``) or "hold" (send no new motion; stay at / settle on the last
+            accepted target).
+        action: ``[7]`` normalised OSC_POSE delta after the envelope (possibly clipped); None for a hold.
+        reason: for a hold: "waiting" (no chunk yet), "idle" (nothing due now), "watchdog", or the
+            envelope's rejection counter name; for a move: the envelope's clip reasons or "".
+        target_pos: ``[3]`` metres, base-frame end-effector target the envelope checked (moves only).
+        due: seconds, the time the executed action was due (moves only).
+    """
+
+    kind: str
+    action: np.ndarray | None
+    reason: str = ""
+    target_pos: np.ndarray | None = None
+    due: float | None = None
+
+    @property
+    def is_move(self) -> bool:
+        return self.kind == MOVE
+
+
+class ChunkExecutor:
+    """Schedules chunk actions at their times and releases them one per tick through the envelope."""
+
+    def __init__(self, envelope: SafetyEnvelope, period: float, late_tolerance: float | None = None):
+        """
+        Args:
+            envelope: checks every action; its limits also give the watchdog timeout.
+            period: seconds between ticks (1 / control rate); chunks must have the same period.
+            late_tolerance: seconds an action may be overdue and still run; default one period.
+        """
+        if not (np.isfinite(period) and period > 0.0):
+            raise ValueError(f"period must be a positive number of seconds, got {period}")
+        self.envelope = envelope
+        self.period = float(period)
+        self.late_tolerance = float(period if late_tolerance is None else late_tolerance)
+        if self.late_tolerance < 0.0:
+            raise ValueError(f"late_tolerance must be >= 0, got {late_tolerance}")
+        self.counters: dict[str, int] = dict.fromkeys(EXECUTOR_COUNTERS, 0)
+        self._pending: deque[tuple[float, np.ndarray]] = deque()
+        self._last_stamp: float | None = None
+        self._last_valid_at: float | None = None
+        self._watchdog_tripped = False
+        self._last_now: float | None = None
+
+    # -- input -----------------------------------------------------------------------------------------
+    def submit(self, chunk: ActionChunk, now: float) -> int:
+        """Schedule a chunk received at ``now`` (seconds); returns how many of its actions were scheduled."""
+        c = self.counters
+        c["chunks_received"] += 1
+        if not chunk.is_finite():
+            c["chunks_rejected_non_finite"] += 1
+            self._cancel_pending()
+            return 0
+        if abs(chunk.period - self.period) > _PERIOD_TOLERANCE * self.period:
+            c["chunks_rejected_period"] += 1
+            self._cancel_pending()
+            return 0
+        if self._last_stamp is not None and chunk.stamp <= self._last_stamp:
+            c["chunks_ignored_old"] += 1
+            return 0
+        c["chunks_accepted"] += 1
+        c["actions_replaced"] += len(self._pending)
+        self._pending.clear()
+        self._last_stamp = chunk.stamp
+        oldest_allowed = now - self.late_tolerance
+        for i, action in enumerate(chunk.actions):
+            t = chunk.time_of(i)
+            if t < oldest_allowed:
+                c["actions_dropped_stale"] += 1
+            else:
+                self._pending.append((t, action))
+        scheduled = len(self._pending)
+        c["actions_scheduled"] += scheduled
+        if scheduled == 0:
+            c["chunks_all_stale"] += 1  # arrived too late to use; does not feed the watchdog
+        else:
+            self._last_valid_at = now
+            self._watchdog_tripped = False
+        return scheduled
+
+    # -- output ----------------------------------------------------------------------------------------
+    def tick(self, now: float, ee_pos: np.ndarray) -> Command:
+        """The command for the tick at ``now`` (seconds).
+
+        Args:
+            ee_pos: ``[3]`` metres, base-frame end-effector position the next delta is applied to.
+        """
+        c = self.counters
+        self._last_now = now
+        oldest_allowed = now - self.late_tolerance
+        while self._pending and self._pending[0][0] < oldest_allowed:
+            self._pending.popleft()
+            c["actions_dropped_stale"] += 1
+
+        if self.watchdog_expired(now):
+            self._cancel_pending()
+            if not self._watchdog_tripped:
+                self._watchdog_tripped = True
+                c["watchdog_trips"] += 1
+            c["holds_watchdog"] += 1
+            return Command(HOLD, None, "watchdog")
+
+        if self._pending and self._pending[0][0] <= now + 0.5 * self.period:
+            due, action = self._pending.popleft()
+            decision = self.envelope.check(action, ee_pos, self.period)
+            if not decision.ok:
+                c["actions_rejected"] += 1
+                return Command(HOLD, None, decision.reason, due=due)
+            c["actions_executed"] += 1
+            return Command(MOVE, decision.action, decision.reason, decision.target_pos, due)
+
+        c["holds_idle"] += 1
+        return Command(HOLD, None, "waiting" if self._last_valid_at is None else "idle")
+
+    def watchdog_expired(self, now: float) -> bool:
+        """True once armed and no valid chunk arrived for ``watchdog_timeout`` seconds."""
+        return self._last_valid_at is not None and now - self._last_valid_at > self.envelope.limits.watchdog_timeout
+
+    # -- bookkeeping -----------------------------------------------------------------------------------
+    def _cancel_pending(self) -> None:
+        self.counters["actions_cancelled"] += len(self._pending)
+        self._pending.clear()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def stats(self) -> dict[str, int | float]:
+        """Executor and envelope counters plus live values, flat, for ``/diagnostics``."""
+        out: dict[str, int | float] = dict(self.counters)
+        out.update({f"safety_{k}": v for k, v in self.envelope.counters.items()})
+        out["pending_actions"] = len(self._pending)
+        out["watchdog_tripped"] = int(self._watchdog_tripped)
+        age = -1.0
+        if self._last_valid_at is not None and self._last_now is not None:
+            age = self._last_now - self._last_valid_at
+        out["last_valid_chunk_age_s"] = age
+        return out
+
+    def reset(self) -> None:
+        """Forget pending actions, the newest stamp and the watchdog (new episode, re-enable, after homing).
+
+        Counters are cumulative and survive a reset.
+        """
+        self._cancel_pending()
+        self._last_stamp = None
+        self._last_valid_at = None
+        self._watchdog_tripped = False
