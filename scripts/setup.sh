@@ -11,7 +11,7 @@ if [ ${#missing[@]} -gt 0 ]; then
   echo "[setup] apt-get install ${missing[*]}"
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 PY=${PYTHON:-python3.11}
@@ -21,8 +21,9 @@ stamp=.venv/.setup-stamp
 want=$(cat requirements.txt training/pyproject.toml | sha256sum | cut -d' ' -f1)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "[setup] pip install (first run takes ~2-3 min)"
-  .venv/bin/python -m pip install -q --upgrade pip
-  .venv/bin/python -m pip install -q -r requirements.txt
+  # pip's "Location ... is ignored" notes come from this machine's local index config: harmless.
+  .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v "Location '" || true
+  .venv/bin/python -m pip install -q -r requirements.txt 2> >(grep -v "Location '" >&2)
   .venv/bin/python -m pip install -q --no-deps -e training
   for pkg in ros2_ws/src/*/; do
     [ -f "$pkg/setup.py" ] || [ -f "$pkg/pyproject.toml" ] || continue

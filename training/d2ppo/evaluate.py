@@ -35,6 +35,10 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
     horizon = horizon or DEFAULT_HORIZON.get(pkg.task, 400)
     env = make_env(pkg.env_args, seed=seed, render_profile=pkg.render_profile, camera_names=cams,
                    image_size=pkg.spec.image_size, horizon=horizon + 10)
+    if video_ids and getattr(env.sim, "_render_context_offscreen", None) is None:
+        from robosuite.utils.binding_utils import MjRenderContextOffscreen
+
+        MjRenderContextOffscreen(env.sim, device_id=-1)  # low-dim envs have no renderer; videos need one
     builder, sampler = pkg.obs_builder(), pkg.sampler(backend)
     rng = np.random.default_rng(seed)
     records = []

@@ -131,6 +131,13 @@ def robot_base_pos(env_args: dict | None) -> tuple[float, float, float]:
         env.close()
 
 
+def _has_mask(path: str, key: str) -> bool:
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return f"mask/{key}" in f
+
+
 def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) -> Path:
     from torch.utils.tensorboard import SummaryWriter
     from tqdm import tqdm
@@ -151,6 +158,9 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     spec = ObsSpec(camera_names=tuple(cfg.cameras), image_size=cfg.image_size, n_obs_steps=cfg.n_obs_steps)
     validate_file(cfg.data, obs_keys=[*spec.image_keys, *spec.lowdim_keys])
     env_args = read_env_args(cfg.data)
+    if cfg.filter_key and not _has_mask(cfg.data, cfg.filter_key):
+        print(f"[train] {cfg.data} has no mask/{cfg.filter_key}: training on all demos", flush=True)
+        cfg.filter_key = None
     dataset = SequenceDataset(cfg.data, spec, horizon=cfg.model.horizon, filter_key=cfg.filter_key, max_demos=cfg.max_demos)
     norms = dataset.normalizers
     if len(dataset) < cfg.batch_size:
@@ -283,8 +293,13 @@ def main(argv: list[str] | None = None) -> None:
     if not Path(a.data).is_file():
         raise SystemExit(f"error: --data {a.data}: file not found (generate demos with: python -m d2ppo.experts.generate --help)")
     cfg = config_from_args(a)
+    from d2ppo.data.robomimic_hdf5 import DatasetFormatError
+
     cmd = "python -m d2ppo.train " + " ".join(shlex.quote(x) for x in (argv if argv is not None else sys.argv[1:]))
-    train(cfg, resume=a.resume, command=cmd)
+    try:
+        train(cfg, resume=a.resume, command=cmd)
+    except DatasetFormatError as e:
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":
