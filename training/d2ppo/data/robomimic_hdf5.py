@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import re
 import signal
+import time
 from collections.abc import Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -219,6 +220,21 @@ def validate_file(path, obs_keys: Sequence[str] = (), action_dim: int | None = N
                     raise DatasetFormatError(f"{fname}: mask/{mk}: names demos not in data: {missing[:5]}")
 
 
+def _open_for_write(path: Path, mode: str, timeout_s: float = 60.0) -> h5py.File:
+    """h5py.File(path, mode), retrying while another process holds HDF5's file lock (a reader
+    opened the file between two episodes); gives up after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    delay = 0.05
+    while True:
+        try:
+            return h5py.File(path, mode)
+        except BlockingIOError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(delay)
+            delay = min(delay * 2, 1.0)
+
+
 @contextmanager
 def _signals_deferred():
     """Hold SIGINT/SIGTERM/SIGHUP while a demo is being written, so Ctrl-C lands between demos.
@@ -251,14 +267,14 @@ class RobomimicWriter:
         self._closed = False
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if append and self.path.exists():
-            with h5py.File(self.path, "a") as f:
+            with _open_for_write(self.path, "a") as f:
                 data = f.require_group("data")
                 if "env_args" not in data.attrs:
                     data.attrs["env_args"] = json.dumps(self.env_args)
                 self._next_index = 1 + max((_demo_index(n) for n in data.keys()), default=-1)
                 data.attrs["total"] = int(sum(int(data[n].attrs.get("num_samples", 0)) for n in data.keys()))
         else:
-            with h5py.File(self.path, "w") as f:
+            with _open_for_write(self.path, "w") as f:
                 data = f.create_group("data")
                 data.attrs["env_args"] = json.dumps(self.env_args)
                 data.attrs["total"] = 0
@@ -316,7 +332,7 @@ class RobomimicWriter:
             if states.ndim != 2 or states.shape[0] != T:
                 raise DatasetFormatError(f"{self.path.name}: {key}/states: expected [{T}, S], got {states.shape}")
 
-        with _signals_deferred(), h5py.File(self.path, "a") as f:
+        with _signals_deferred(), _open_for_write(self.path, "a") as f:
             g = f["data"].create_group(name)
             for gname, arrays in groups.items():
                 sub = g.create_group(gname)
@@ -361,7 +377,7 @@ class RobomimicWriter:
 
         At least one demo goes to valid when there are two or more demos.
         """
-        with _signals_deferred(), h5py.File(self.path, "a") as f:
+        with _signals_deferred(), _open_for_write(self.path, "a") as f:
             names = _sort_demos(f["data"].keys())
             n_valid = int(round(len(names) * valid_fraction))
             if len(names) >= 2 and valid_fraction > 0:

@@ -156,7 +156,11 @@ def generate(
     env_args["render_profile"] = render_profile
     max_attempts = max_attempts or 3 * episodes + 10
     init_args = (env_args, render_profile, task, noise, cams, horizon)
-    writer = RobomimicWriter(out, env_args)
+    # Written under a temporary name and renamed when complete, so nobody trains on half a file
+    # (and readers of the final path never hold a lock the writer needs).
+    out = Path(out)
+    partial = out.with_name(out.name + ".partial")
+    writer = RobomimicWriter(partial, env_args)
     t0 = time.time()
     attempts = kept = 0
     model_file = None
@@ -189,7 +193,7 @@ def generate(
     writer.write_masks(valid_fraction=valid_fraction, seed=seed)
     import h5py
 
-    with h5py.File(out, "a") as f:
+    with h5py.File(partial, "a") as f:
         f["data"].attrs["d2ppo_generator"] = json.dumps(
             {
                 "task": task,
@@ -202,6 +206,9 @@ def generate(
             }
         )
     writer.close()
+    if kept < episodes:
+        raise RuntimeError(f"only {kept}/{episodes} successful demos in {attempts} attempts; partial file {partial}")
+    os.replace(partial, out)
     seconds = time.time() - t0
     summary = {
         "task": task,
@@ -211,8 +218,6 @@ def generate(
         "success_rate": kept / max(attempts, 1),
         "seconds": round(seconds, 1),
     }
-    if kept < episodes:
-        raise RuntimeError(f"only {kept}/{episodes} successful demos in {attempts} attempts: {summary}")
     return summary
 
 
