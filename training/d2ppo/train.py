@@ -106,13 +106,12 @@ class EMA:
 
 
 def _batches(dataset, batch_size: int, rng: np.random.Generator):
-    """Endless shuffled mini-batches, collated by stacking (the dataset holds everything in memory)."""
+    """Endless shuffled mini-batches (the dataset holds everything in memory and gathers a batch at once)."""
     n = len(dataset)
     while True:
         perm = rng.permutation(n)
         for i in range(0, n - batch_size + 1, batch_size):
-            items = [dataset[int(j)] for j in perm[i : i + batch_size]]
-            yield {k: torch.stack([torch.as_tensor(it[k]) for it in items]) for k in items[0]}
+            yield dataset.get_batch(torch.from_numpy(perm[i : i + batch_size]))
 
 
 def robot_base_pos(env_args: dict | None) -> tuple[float, float, float]:
