@@ -4,8 +4,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-# franka-sim (reflex/recovery tests) pins numpy/mujoco versions of its own, so it lives in its own venv.
-[ -f scripts/setup_franka_sim.sh ] && bash scripts/setup_franka_sim.sh
+# The robot simulators run as separate server processes from venvs of their own (their pins conflict
+# with the project venv's numpy; see the scripts): franky-sim for motion tests, franka-sim for reflexes.
+for s in scripts/setup_franky_sim.sh scripts/setup_franka_sim.sh; do
+  if [ -f "$s" ]; then bash "$s"; fi
+done
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
 # Tests start ROS 2 processes with their own ROS_DOMAIN_IDs; a stale RMW choice would break them.
 unset RMW_IMPLEMENTATION
