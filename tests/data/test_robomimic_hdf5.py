@@ -13,7 +13,6 @@ import time
 import h5py
 import numpy as np
 import pytest
-
 from d2ppo.data import DatasetFormatError, RobomimicWriter, list_demos, read_demo, read_env_args, validate_file
 
 ENV_ARGS = {

@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from d2ppo.data import RobomimicWriter, SequenceDataset
 from d2ppo.normalize import RangeNormalizer
 from d2ppo.obs import ObservationBuilder, ObsSpec

@@ -245,3 +245,39 @@ def raw_obs(obs: Mapping[str, np.ndarray], camera_names: Sequence[str]) -> dict[
 def is_success(env) -> bool:
     """The task's own success check (robosuite ``_check_success``)."""
     return bool(env._check_success())
+
+
+def benchmark_steps_per_second(
+    task: str = "Lift",
+    camera_names: Sequence[str] = ("agentview", "robot0_eye_in_hand"),
+    image_size: int = 96,
+    render_profile: str = "fast",
+    steps: int = 100,
+    seed: int = 0,
+) -> float:
+    """Env steps per second (random actions, obs built each step) in this process."""
+    import time
+
+    env = make_env(default_env_args(task, camera_names, image_size), seed=seed, render_profile=render_profile)
+    rng = np.random.default_rng(seed)
+    env.reset()
+    for _ in range(5):  # warm-up: first renders allocate buffers
+        env.step(rng.uniform(-1, 1, env.action_dim))
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        raw_obs(env.step(rng.uniform(-1, 1, env.action_dim))[0], camera_names)
+    rate = steps / (time.perf_counter() - t0)
+    env.close()
+    return rate
+
+
+if __name__ == "__main__":
+    # python -m d2ppo.envs.robosuite_env [task] [steps]: steps/s per render profile (a benchmark script).
+    import sys
+
+    _task = canonical_task(sys.argv[1] if len(sys.argv) > 1 else "Lift")
+    _steps = int(sys.argv[2]) if len(sys.argv) > 2 else 100
+    print(f"{_task} no cameras: {benchmark_steps_per_second(_task, (), steps=_steps * 5):.1f} steps/s")
+    for _profile in RENDER_PROFILES:
+        _rate = benchmark_steps_per_second(_task, ("agentview", "robot0_eye_in_hand"), 96, _profile, _steps)
+        print(f"{_task} 2 cameras 96x96, render profile {_profile!r}: {_rate:.1f} steps/s")

@@ -183,8 +183,8 @@ def generate(
                     attrs={"attempt": attempt, "expert_noise": noise},
                 )
                 kept += 1
-                bar.update(1)
-            bar.set_postfix(attempts=attempts, kept=kept, success=f"{kept / attempts:.0%}")
+            bar.set_postfix(attempts=attempts, kept=kept, success=f"{kept / attempts:.0%}", refresh=False)
+            bar.update(int(ep["success"]))
             if kept >= episodes:
                 break
     finally:
