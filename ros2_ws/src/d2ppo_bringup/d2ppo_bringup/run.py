@@ -1,0 +1,111 @@
+"""Start a node graph without launch_ros: ``python -m d2ppo_bringup.run sim --policy policies/<name>``.
+
+The graph comes from ``d2ppo_bringup.graph`` (the same declaration the launch files use). Each
+node is a subprocess with ``--ros-args``; output lines are prefixed with the node name. The graph
+ends when a required node exits (the sim node after its episodes), when any node fails, or on
+Ctrl-C / SIGTERM; every child is stopped before this exits. Exit code: the required node's, the
+failed node's, or 130 after Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from d2ppo_bringup.graph import GRAPHS, NodeSpec, launch_dir, panda_graph, sim_graph
+from d2ppo_bringup.node_processes import NodeProcess, node_command, stop_all
+
+
+def build_graph(args: argparse.Namespace) -> list[NodeSpec]:
+    if args.graph == "sim":
+        return sim_graph(
+            policy=args.policy,
+            use_sim_time=True if args.use_sim_time is None else args.use_sim_time,
+            episodes=args.episodes,
+            seed=args.seed,
+            horizon=args.horizon,
+            video_path=args.video or "",
+            results_path=args.results or "",
+            replan=args.replan,
+            backend=args.backend,
+        )
+    if not args.robot_ip:
+        raise SystemExit("run panda: --robot-ip is required")
+    return panda_graph(args.policy, args.robot_ip, use_sim_time=bool(args.use_sim_time), backend=args.backend)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m d2ppo_bringup.run", description=__doc__.split("\n\n")[0])
+    ap.add_argument("graph", choices=GRAPHS)
+    ap.add_argument("--policy", required=True, help="policy package folder")
+    ap.add_argument("--namespace", default="", help="ROS namespace for every node")
+    ap.add_argument("--use-sim-time", dest="use_sim_time", action=argparse.BooleanOptionalAction, default=None)
+    ap.add_argument("--backend", default="torch", choices=("torch", "onnx"))
+    ap.add_argument("--replan", default="chunk", choices=("chunk", "tick"))
+    ap.add_argument("--episodes", type=int, default=0, help="sim: episodes to run, then stop (0 = until Ctrl-C)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--horizon", type=int, default=None, help="sim: control ticks per episode")
+    ap.add_argument("--video", default=None, help="sim: mp4 of the first episode's agentview camera")
+    ap.add_argument("--results", default=None, help="sim: JSON summary of the episodes")
+    ap.add_argument("--robot-ip", default="", help="panda: the arm's (or franky-sim's) address")
+    ap.add_argument("--grace", type=float, default=5.0, help="seconds a node gets to exit after SIGINT")
+    return ap.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    policy = Path(args.policy)
+    if not (policy / "policy.json").is_file():
+        print(f"run: {policy}: not a policy package (no policy.json there)", file=sys.stderr)
+        return 2
+    graph = build_graph(args)
+    directory = launch_dir()
+    processes: list[tuple[NodeSpec, NodeProcess]] = []
+    interrupted = False
+
+    def on_signal(signum, frame):  # noqa: ARG001
+        nonlocal interrupted
+        interrupted = True
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+    scratch = tempfile.TemporaryDirectory(prefix="d2ppo_run_")
+    rc = 0
+    try:
+        for spec in graph:
+            cmd = node_command(spec, Path(scratch.name), args.namespace, directory)
+            proc = NodeProcess(spec.name, cmd)
+            print(f"[run] started {spec.name} (pid {proc.pid}): {' '.join(cmd)}", flush=True)
+            processes.append((spec, proc))
+        while not interrupted:
+            ended = [(s, p) for s, p in processes if p.poll() is not None]
+            if ended:
+                spec, proc = ended[0]
+                code = proc.poll()
+                if spec.required:
+                    print(f"[run] {spec.name} finished (exit {code}); stopping the graph", flush=True)
+                    rc = code
+                else:
+                    print(f"[run] {spec.name} exited unexpectedly (exit {code}); stopping the graph", flush=True)
+                    rc = code or 1
+                break
+            time.sleep(0.1)
+        if interrupted:
+            print("[run] interrupted; stopping the graph", flush=True)
+            rc = 130
+    finally:
+        stop_all([p for _, p in processes], grace=args.grace)
+        scratch.cleanup()
+        for s, h in old.items():
+            signal.signal(s, h)
+    return rc
+
+
+def main(argv: list[str] | None = None) -> None:
+    sys.exit(run(parse_args(argv)))
+
+
+if __name__ == "__main__":
+    main()

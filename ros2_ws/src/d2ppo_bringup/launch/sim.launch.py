@@ -1,0 +1,48 @@
+"""robosuite sim + inference on sim time: ``ros2 launch d2ppo_bringup sim.launch.py policy:=<folder>``.
+
+The node graph is ``d2ppo_bringup.graph.sim_graph`` (also used by ``python -m d2ppo_bringup.run sim``).
+"""
+
+from d2ppo_bringup.graph import sim_graph
+from d2ppo_bringup.launch_nodes import launch_nodes
+from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.substitutions import LaunchConfiguration
+
+from launch import LaunchDescription
+
+ARGUMENTS = {
+    "policy": ("", "policy package folder"),
+    "namespace": ("", "ROS namespace for every node"),
+    "use_sim_time": ("true", "inference on the sim's /clock"),
+    "episodes": ("0", "episodes to run, then shut down (0 = until stopped)"),
+    "seed": ("0", "sim and sampling seed"),
+    "horizon": ("300", "control ticks per episode"),
+    "video": ("", "mp4 of the first episode's agentview camera"),
+    "results": ("", "JSON summary of the episodes"),
+    "replan": ("chunk", "chunk | tick"),
+    "backend": ("torch", "torch | onnx"),
+    "robot_ip": ("", "unused by the sim (accepted so both launch files take the same arguments)"),
+}
+
+
+def _nodes(context):
+    arg = lambda name: LaunchConfiguration(name).perform(context)  # noqa: E731
+    graph = sim_graph(
+        policy=arg("policy"),
+        use_sim_time=arg("use_sim_time").lower() in ("true", "1"),
+        episodes=int(arg("episodes")),
+        seed=int(arg("seed")),
+        horizon=int(arg("horizon")),
+        video_path=arg("video"),
+        results_path=arg("results"),
+        replan=arg("replan"),
+        backend=arg("backend"),
+    )
+    return launch_nodes(graph, arg("namespace"))
+
+
+def generate_launch_description():
+    return LaunchDescription(
+        [DeclareLaunchArgument(n, default_value=d, description=h) for n, (d, h) in ARGUMENTS.items()]
+        + [OpaqueFunction(function=_nodes)]
+    )
