@@ -83,7 +83,7 @@ class SequenceDataset(torch.utils.data.Dataset):
         offset = 0
         with h5py.File(path, "r") as f:
             for name in names:
-                demo = read_demo(f, name, obs_keys=keys)
+                demo = read_demo(f, name, obs_keys=keys, next_obs=False)
                 states.append(_demo_states(spec, demo.obs))
                 if spec.uses_images:
                     rgbs.append(_demo_images(spec, demo.obs))
@@ -99,49 +99,51 @@ class SequenceDataset(torch.utils.data.Dataset):
         if normalizers is None:
             normalizers = {"state": RangeNormalizer.fit(raw_state), "action": RangeNormalizer.fit(raw_actions)}
         self.normalizers = normalizers
-        # Everything below is contiguous over all demos; windows index into it.
-        self._state = torch.from_numpy(normalizers["state"].normalize(raw_state))
-        self._actions = torch.from_numpy(normalizers["action"].normalize(raw_actions))
-        self._rgb = torch.from_numpy(np.concatenate(rgbs)) if spec.uses_images else None
+        # Everything below is contiguous over all demos; windows index into it. numpy for the
+        # index arithmetic (torch's per-op overhead dominates single-item access), torch views out.
+        self._state = normalizers["state"].normalize(raw_state).astype(np.float32)
+        self._actions = normalizers["action"].normalize(raw_actions).astype(np.float32)
+        self._rgb = np.concatenate(rgbs) if spec.uses_images else None
         self.action_dim = raw_actions.shape[1]
-        # Per window: global index of its time step t, and its demo's first / last global index.
+        # Per window t (global row index): its demo's first and last global rows.
         starts_a = np.asarray(starts)
         lengths_a = np.asarray(lengths)
         demo_of = np.repeat(np.arange(len(names)), lengths_a)
-        self._t = torch.arange(offset)
-        self._first = torch.from_numpy(starts_a[demo_of])
-        self._last = torch.from_numpy(starts_a[demo_of] + lengths_a[demo_of] - 1)
-        To = spec.n_obs_steps
-        self._obs_offsets = torch.arange(-To + 1, 1)  # [To]
-        self._act_offsets = torch.arange(self.horizon)  # [Ta]
+        self._first = starts_a[demo_of]
+        self._last = starts_a[demo_of] + lengths_a[demo_of] - 1
+        self._obs_offsets = np.arange(-spec.n_obs_steps + 1, 1)  # [To]
+        self._act_offsets = np.arange(self.horizon)  # [Ta]
 
     def __len__(self) -> int:
-        return int(self._t.shape[0])
+        return int(self._first.shape[0])
 
     @property
     def num_demos(self) -> int:
         return len(self.demo_names)
 
-    def window_indices(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """Global (observation [.., To], action [.., Ta]) row indices for window(s) ``idx``, padding applied."""
-        idx = torch.as_tensor(idx)
-        t = self._t[idx].unsqueeze(-1)
-        first = self._first[idx].unsqueeze(-1)
-        last = self._last[idx].unsqueeze(-1)
-        obs_idx = torch.maximum(t + self._obs_offsets, first)
-        act_idx = torch.minimum(t + self._act_offsets, last)
+    def window_indices(self, idx) -> tuple[np.ndarray, np.ndarray]:
+        """Global (observation [..., To], action [..., Ta]) row indices of window(s) ``idx``, padding applied."""
+        t = np.asarray(idx)
+        if t.ndim:
+            t = t[:, None]  # [B, 1] broadcasts against the [To] / [Ta] offsets
+        first, last = self._first[t], self._last[t]
+        obs_idx = np.maximum(t + self._obs_offsets, first)
+        act_idx = np.minimum(t + self._act_offsets, last)
         return obs_idx, act_idx
 
-    def __getitem__(self, idx: int) -> dict[str, torch.Tensor]:
+    def __getitem__(self, idx) -> dict[str, torch.Tensor]:
+        if isinstance(idx, torch.Tensor):
+            idx = idx.numpy()
         obs_idx, act_idx = self.window_indices(idx)
-        item = {"state": self._state[obs_idx], "actions": self._actions[act_idx]}
+        item = {"state": torch.from_numpy(self._state[obs_idx]), "actions": torch.from_numpy(self._actions[act_idx])}
         if self._rgb is not None:
-            item["rgb"] = self._rgb[obs_idx]
+            item["rgb"] = torch.from_numpy(self._rgb[obs_idx])
         return item
 
-    def get_batch(self, idx: Sequence[int] | torch.Tensor) -> dict[str, torch.Tensor]:
+    def get_batch(self, idx: Sequence[int] | np.ndarray | torch.Tensor) -> dict[str, torch.Tensor]:
         """Many windows at once ([B, ...] tensors): faster than a DataLoader over ``__getitem__``."""
-        return self[torch.as_tensor(idx)]
+        idx = idx.numpy() if isinstance(idx, torch.Tensor) else np.asarray(idx)
+        return self[idx.reshape(-1)]
 
     def state_dict_normalizers(self) -> dict:
         """{"state": {...}, "action": {...}} JSON-able, as stored in policy.json."""

@@ -129,34 +129,52 @@ def list_demos(path, filter_key: str | None = None) -> list[str]:
         return _sort_demos(names)
 
 
-def read_demo(path_or_h5, name: str, obs_keys: Sequence[str] | None = None) -> Demo:
+def read_demo(path_or_h5, name: str, obs_keys: Sequence[str] | None = None, *, next_obs: bool = True) -> Demo:
     """Load one demo into memory.
 
     Args:
         path_or_h5: file path or an open h5py.File (to read many demos without reopening).
         name: "demo_N".
         obs_keys: observation keys to load (None -> all). Missing keys raise DatasetFormatError.
+        next_obs: also load ``next_obs`` (training windows do not need it).
     """
     with _opened(path_or_h5) as (f, fname):
         key = f"data/{name}"
         if key not in f:
             raise DatasetFormatError(f"{fname}: {key}: no such demo")
         g = f[key]
-        _check_demo(g, fname, key, obs_keys or (), None)
+        if "obs" not in g:
+            raise DatasetFormatError(f"{fname}: {key}/obs: missing group")
         keys = list(obs_keys) if obs_keys is not None else sorted(g["obs"].keys())
+        groups = ("obs", "next_obs") if next_obs else ("obs",)
+        # Only the loaded arrays are checked here (validate_file checks all of them).
+        actions = _check_demo(g, fname, key, keys, None, check_keys=keys, groups=groups)
         obs = {k: np.asarray(g["obs"][k]) for k in keys}
-        next_obs = {k: np.asarray(g["next_obs"][k]) for k in keys if "next_obs" in g and k in g["next_obs"]}
-        actions = np.asarray(g["actions"], dtype=np.float32)
+        nobs = {}
+        if next_obs and "next_obs" in g:
+            nobs = {k: np.asarray(g["next_obs"][k]) for k in keys if k in g["next_obs"]}
         T = actions.shape[0]
         rewards = np.asarray(g["rewards"], dtype=np.float32) if "rewards" in g else np.zeros(T, np.float32)
         dones = np.asarray(g["dones"]) if "dones" in g else np.zeros(T, np.int64)
         states = np.asarray(g["states"]) if "states" in g else None
         attrs = {k: (_attr_str(v) if isinstance(v, bytes | str) else v) for k, v in g.attrs.items()}
-        return Demo(name, obs, actions, rewards, dones, states, next_obs, attrs)
+        return Demo(name, obs, actions.astype(np.float32), rewards, dones, states, nobs, attrs)
 
 
-def _check_demo(g: h5py.Group, fname: str, key: str, obs_keys: Sequence[str], action_dim: int | None) -> None:
-    """Raise DatasetFormatError for the first problem in one demo group."""
+def _check_demo(
+    g: h5py.Group,
+    fname: str,
+    key: str,
+    obs_keys: Sequence[str],
+    action_dim: int | None,
+    check_keys: Sequence[str] | None = None,
+    groups: Sequence[str] = ("obs", "next_obs"),
+) -> np.ndarray:
+    """Raise DatasetFormatError for the first problem in one demo group; returns its actions [T, Da].
+
+    ``obs_keys`` must exist; ``check_keys`` (None: all) in ``groups`` get their length and image
+    layout checked.
+    """
     if "actions" not in g:
         raise DatasetFormatError(f"{fname}: {key}/actions: missing")
     actions = g["actions"]
@@ -175,10 +193,12 @@ def _check_demo(g: h5py.Group, fname: str, key: str, obs_keys: Sequence[str], ac
     for k in obs_keys:
         if k not in g["obs"]:
             raise DatasetFormatError(f"{fname}: {key}/obs/{k}: missing (demo has {sorted(g['obs'].keys())})")
-    for group_name in ("obs", "next_obs"):
+    for group_name in groups:
         if group_name not in g:
             continue
-        for k, ds in g[group_name].items():
+        sub = g[group_name]
+        for k in sub.keys() if check_keys is None else [k for k in check_keys if k in sub]:
+            ds = sub[k]
             if ds.ndim < 1 or ds.shape[0] != T:
                 raise DatasetFormatError(
                     f"{fname}: {key}/{group_name}/{k}: length {ds.shape[0] if ds.ndim else 'scalar'} "
@@ -195,6 +215,7 @@ def _check_demo(g: h5py.Group, fname: str, key: str, obs_keys: Sequence[str], ac
         raise DatasetFormatError(f"{fname}: {key}/states: expected [{T}, S], got shape {g['states'].shape}")
     if "num_samples" in g.attrs and int(g.attrs["num_samples"]) != T:
         raise DatasetFormatError(f"{fname}: {key}.attrs[num_samples]: {int(g.attrs['num_samples'])} != {T} actions")
+    return a
 
 
 def validate_file(path, obs_keys: Sequence[str] = (), action_dim: int | None = None) -> None:
