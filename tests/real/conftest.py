@@ -34,10 +34,12 @@ def _param_value(value) -> str:
 class NodeProcess:
     """A ROS node started as ``python -m <module> --ros-args -p ...`` with its output in a log file."""
 
-    def __init__(self, module: str, params: dict, env: dict, log_path: Path):
+    def __init__(self, module: str, params: dict, env: dict, log_path: Path, param_files=()):
         self.module = module
         self.log_path = log_path
         args = ["--ros-args"]
+        for f in param_files:
+            args += ["--params-file", str(f)]
         for k, v in params.items():
             args += ["-p", f"{k}:={_param_value(v)}"]
         self._log = open(log_path, "wb")
@@ -95,12 +97,13 @@ def ros_env():
 
 @pytest.fixture
 def spawn(ros_env, tmp_path):
-    """``spawn(module, params, name=None) -> NodeProcess``; every process is stopped at teardown."""
+    """``spawn(module, params, name=None, param_files=()) -> NodeProcess``; inline params override the
+    files (launch/<file> names are relative to the repository); every process is stopped at teardown."""
     procs: list[NodeProcess] = []
 
-    def _spawn(module: str, params: dict, name: str | None = None) -> NodeProcess:
+    def _spawn(module: str, params: dict, name: str | None = None, param_files=()) -> NodeProcess:
         log = tmp_path / f"{name or module.rsplit('.', 1)[-1]}.log"
-        p = NodeProcess(module, params, ros_env, log)
+        p = NodeProcess(module, params, ros_env, log, [REPO / f for f in param_files])
         procs.append(p)
         return p
 

@@ -91,12 +91,14 @@ def test_recorded_demos_train_without_conversion_and_trace_back_to_published_mes
     chunks = _collect(test_node, JointTrajectory, "/policy/action_chunk", 50)
     arm = FakeArmState(test_node)
     spawn("d2ppo_camera.camera_node", {"source": "playback", "camera_names": [CAMERA],
-                                       "playback_files": [str(playback)], "fps": 30.0})
+                                       "playback_files": [str(playback)], "fps": 30.0},
+          param_files=["launch/cameras.yaml"])
     spawn("d2ppo_teleop.teleop_node", {"source": "scripted", "script": json.dumps(script), "pos_gain": 0.3,
-                                       "deadzone": 0.0})
+                                       "deadzone": 0.0}, param_files=["launch/teleop.yaml"])
     recorder = spawn("d2ppo_recorder.recorder_node", {"output": str(out), "camera_names": [CAMERA],
                                                        "image_size": IMAGE_SIZE, "task": "Lift",
-                                                       "robot_ip": "172.16.0.2", "max_obs_age": 0.5})
+                                                       "robot_ip": "172.16.0.2", "max_obs_age": 0.5},
+                     param_files=["launch/recorder.yaml"])
     assert test_node.spin_until(lambda: len(images) > 5 and len(chunks) > 5, 40), (
         f"nodes not publishing (images {len(images)}, chunks {len(chunks)}); recorder log:\n{recorder.output()}"
     )
