@@ -27,7 +27,7 @@ import torch
 
 from d2ppo.model import DiffusionPolicy, PolicyConfig
 from d2ppo.model.policy import DISPERSIVE_LAYERS, DispersiveConfig
-from d2ppo.obs import ObsSpec
+from d2ppo.obs import PROPRIO_KEYS, ObsSpec
 
 
 @dataclass
@@ -38,6 +38,9 @@ class TrainConfig:
     out: str  # run folder
     package: str | None = None  # also write the final policy package here
     cameras: tuple[str, ...] = ("robot0_eye_in_hand",)  # () = low-dim policy
+    # Low-dim obs keys; add "object" (robomimic's object pose, 10-D for Lift) for a simulation-only low-dim
+    # policy like DPPO's state-based ones (a proprio-only low-dim Lift policy cannot see where the cube is).
+    lowdim_keys: tuple[str, ...] = PROPRIO_KEYS
     image_size: int = 96
     n_obs_steps: int = 1
     max_demos: int | None = None  # use only the first N training demos (weak-policy experiments)
@@ -130,6 +133,18 @@ def robot_base_pos(env_args: dict | None) -> tuple[float, float, float]:
         env.close()
 
 
+def _lowdim_dims(path: str, keys) -> tuple[int, ...]:
+    """Widths of low-dim obs keys as stored in the file (first demo)."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        obs = f["data"][next(iter(f["data"]))]["obs"]
+        missing = [k for k in keys if k not in obs]
+        if missing:
+            raise SystemExit(f"error: {path}: demos have no obs key(s) {missing}")
+        return tuple(int(obs[k].shape[-1]) for k in keys)
+
+
 def _has_mask(path: str, key: str) -> bool:
     import h5py
 
@@ -154,7 +169,8 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     np.random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
-    spec = ObsSpec(camera_names=tuple(cfg.cameras), image_size=cfg.image_size, n_obs_steps=cfg.n_obs_steps)
+    spec = ObsSpec(camera_names=tuple(cfg.cameras), image_size=cfg.image_size, n_obs_steps=cfg.n_obs_steps,
+                   lowdim_keys=tuple(cfg.lowdim_keys), lowdim_dims=_lowdim_dims(cfg.data, cfg.lowdim_keys))
     validate_file(cfg.data, obs_keys=[*spec.image_keys, *spec.lowdim_keys])
     env_args = read_env_args(cfg.data)
     if cfg.filter_key and not _has_mask(cfg.data, cfg.filter_key):
@@ -253,6 +269,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (config, TensorBoard, checkpoint, policy/)")
     p.add_argument("--package", help="also write the final policy package here (e.g. policies/lift_img_d2ppo)")
     p.add_argument("--cameras", nargs="*", default=["robot0_eye_in_hand"], help="camera names; 'none' for a low-dim policy")
+    p.add_argument("--lowdim-keys", nargs="+", default=list(PROPRIO_KEYS),
+                   help="low-dim obs keys (add 'object' for a simulation-only low-dim policy that sees the object pose)")
     p.add_argument("--image-size", type=int, default=96)
     p.add_argument("--n-obs-steps", type=int, default=1)
     p.add_argument("--max-demos", type=int)
@@ -278,7 +296,8 @@ def build_parser() -> argparse.ArgumentParser:
 def config_from_args(a: argparse.Namespace) -> TrainConfig:
     cams = () if a.cameras in ([], ["none"]) else tuple(a.cameras)
     return TrainConfig(
-        data=a.data, out=a.out, package=a.package, cameras=cams, image_size=a.image_size, n_obs_steps=a.n_obs_steps,
+        data=a.data, out=a.out, package=a.package, cameras=cams, lowdim_keys=tuple(a.lowdim_keys),
+        image_size=a.image_size, n_obs_steps=a.n_obs_steps,
         max_demos=a.max_demos, filter_key=None if a.all_demos else "train",
         model=PolicyConfig(mlp_dims=tuple(a.mlp_dims)),
         dispersive=DispersiveConfig(weight=a.dispersive_weight, tau=a.dispersive_tau, variant=a.dispersive_variant, layer=a.dispersive_layer),
