@@ -35,6 +35,7 @@ class EpisodeResult:
     lockstep_timeouts: int
     moves: int
     holds: int
+    final_ee_pos: list[float]  # metres, panda_link0: a fingerprint for comparing runs
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
@@ -159,6 +160,7 @@ class LockstepSim:
             lockstep_timeouts=self._timeouts,
             moves=self._moves,
             holds=self._holds,
+            final_ee_pos=[round(float(v), 6) for v in self.sim.observation().ee_pos],
         )
         self.results.append(result)
         self.episode += 1
