@@ -109,32 +109,38 @@ class SequenceDataset(torch.utils.data.Dataset):
         starts_a = np.asarray(starts)
         lengths_a = np.asarray(lengths)
         demo_of = np.repeat(np.arange(len(names)), lengths_a)
-        self._first = starts_a[demo_of]
-        self._last = starts_a[demo_of] + lengths_a[demo_of] - 1
+        self._first_np = starts_a[demo_of]
+        self._last_np = starts_a[demo_of] + lengths_a[demo_of] - 1
+        self._first = torch.from_numpy(self._first_np)  # torch views, for callers' tensor arithmetic
+        self._last = torch.from_numpy(self._last_np)
         self._obs_offsets = np.arange(-spec.n_obs_steps + 1, 1)  # [To]
         self._act_offsets = np.arange(self.horizon)  # [Ta]
 
     def __len__(self) -> int:
-        return int(self._first.shape[0])
+        return int(self._first_np.shape[0])
 
     @property
     def num_demos(self) -> int:
         return len(self.demo_names)
 
-    def window_indices(self, idx) -> tuple[np.ndarray, np.ndarray]:
-        """Global (observation [..., To], action [..., Ta]) row indices of window(s) ``idx``, padding applied."""
+    def _rows(self, idx) -> tuple[np.ndarray, np.ndarray]:
         t = np.asarray(idx)
         if t.ndim:
             t = t[:, None]  # [B, 1] broadcasts against the [To] / [Ta] offsets
-        first, last = self._first[t], self._last[t]
-        obs_idx = np.maximum(t + self._obs_offsets, first)
-        act_idx = np.minimum(t + self._act_offsets, last)
+        obs_idx = np.maximum(t + self._obs_offsets, self._first_np[t])
+        act_idx = np.minimum(t + self._act_offsets, self._last_np[t])
         return obs_idx, act_idx
+
+    def window_indices(self, idx) -> tuple[torch.Tensor, torch.Tensor]:
+        """Global (observation [..., To], action [..., Ta]) row indices of window(s) ``idx``, padding applied."""
+        idx = idx.numpy() if isinstance(idx, torch.Tensor) else idx
+        obs_idx, act_idx = self._rows(idx)
+        return torch.from_numpy(obs_idx), torch.from_numpy(act_idx)
 
     def __getitem__(self, idx) -> dict[str, torch.Tensor]:
         if isinstance(idx, torch.Tensor):
             idx = idx.numpy()
-        obs_idx, act_idx = self.window_indices(idx)
+        obs_idx, act_idx = self._rows(idx)
         item = {"state": torch.from_numpy(self._state[obs_idx]), "actions": torch.from_numpy(self._actions[act_idx])}
         if self._rgb is not None:
             item["rgb"] = torch.from_numpy(self._rgb[obs_idx])
