@@ -188,6 +188,16 @@ class ChunkExecutor:
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def last_valid_at(self) -> float | None:
+        """Seconds: when the newest valid chunk arrived (None before the first, and after reset)."""
+        return self._last_valid_at
+
+    @property
+    def last_tick(self) -> float | None:
+        """Seconds: ``now`` of the latest tick."""
+        return self._last_now
+
     def stats(self) -> dict[str, int | float]:
         """Executor and envelope counters plus live values, flat, for ``/diagnostics``."""
         out: dict[str, int | float] = dict(self.counters)

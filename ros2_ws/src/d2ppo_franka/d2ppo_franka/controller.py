@@ -1,0 +1,402 @@
+"""The Franka controller: chunk execution on a real arm, as a plain class (the ROS node only wires it up).
+
+Per control tick (:meth:`FrankaController.step`):
+
+1. notice an asynchronous reflex (franky reports it at the next poll/move) and run bounded recovery;
+2. pick the *reference pose* the next delta is applied to (see below);
+3. ask the shared :class:`~d2ppo_control.executor.ChunkExecutor` (which runs the
+   :class:`~d2ppo_control.safety.SafetyEnvelope`) for this tick's command;
+4. move: ``delta_to_target`` (robosuite OSC_POSE semantics) -> asynchronous absolute Cartesian motion;
+   gripper through a hysteresis latch. hold (nothing due, envelope rejection, watchdog): no new target —
+   the arm settles on, and holds, the last target the envelope accepted. Disable and stop act at once:
+   disable holds the pose measured now, stop calls franky's stop.
+
+No command reaches the arm except through the executor, i.e. through the envelope.
+
+**Reference pose.** robosuite applies each delta to the *achieved* pose, and its OSC lags the goal, so a
+constant action moves the sim arm at a steady speed. franky's motion generator instead runs each target to
+completion at bounded velocity (``relative_dynamics_factor``); applying deltas to the measured pose of a
+lagging arm would shrink every step. The controller therefore applies a delta to the previous *commanded*
+target while the arm tracks it within ``max_tracking_lead`` metres / ``max_tracking_lead_rot`` radians,
+otherwise to the measured pose. Every target still passes the envelope (workspace, step, velocity), and
+the lead bound caps how far the arm can be behind its latest checked target.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+from d2ppo_control.chunk import ActionChunk
+from d2ppo_control.executor import HOLD, ChunkExecutor, Command
+from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize
+from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
+
+from d2ppo_franka.arm import ArmError, ArmState, ConnectionLost, ReflexError
+
+#: Panda/FR3 "ready" pose (rad), the usual franka_ros / robosuite start configuration.
+DEFAULT_HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
+#: rad: homing is done when every joint is this close to home_joints and the motion ended.
+HOME_TOLERANCE = 0.02
+#: s: a home motion that has not started moving by then (and is not home) counts as ended.
+HOME_START_GRACE = 1.0
+
+
+@dataclass
+class ControllerConfig:
+    """Node parameters of the controller (launch/franka.yaml); safety limits live in SafetyLimits."""
+
+    control_rate_hz: float = 20.0
+    #: seconds an action may be overdue and still run; <= 0 means one control period.
+    late_tolerance: float = -1.0
+    max_tracking_lead: float = 0.1
+    max_tracking_lead_rot: float = 0.5
+    gripper_close_threshold: float = 0.5
+    gripper_open_threshold: float = -0.5
+    home_joints: tuple[float, ...] = DEFAULT_HOME_JOINTS
+    home_dynamics_factor: float = 1.0
+    start_enabled: bool = True
+    #: seconds without a further reflex after which the consecutive-reflex count starts again.
+    reflex_streak_reset_s: float = 5.0
+    reconnect_period: float = 2.0
+
+    @property
+    def period(self) -> float:
+        return 1.0 / self.control_rate_hz
+
+    def __post_init__(self) -> None:
+        if not (self.control_rate_hz > 0.0):
+            raise ValueError(f"control_rate_hz must be > 0, got {self.control_rate_hz}")
+        if not (self.gripper_open_threshold < self.gripper_close_threshold):
+            raise ValueError("gripper_open_threshold must be below gripper_close_threshold (hysteresis)")
+        if len(self.home_joints) != 7:
+            raise ValueError(f"home_joints needs 7 values, got {len(self.home_joints)}")
+
+
+class GripperLatch:
+    """Hysteresis on the gripper action: close above ``close_above``, open below ``open_below``, otherwise
+    keep the last state, so a policy output hovering near 0 does not chatter the fingers."""
+
+    def __init__(self, close_above: float = 0.5, open_below: float = -0.5):
+        self.close_above = float(close_above)
+        self.open_below = float(open_below)
+        self.closed: bool | None = None  # None until the first decisive action
+
+    def update(self, value: float) -> bool | None:
+        """Feed one gripper action; returns the desired state (True = closed) or None if still unknown."""
+        if value > self.close_above:
+            self.closed = True
+        elif value < self.open_below:
+            self.closed = False
+        return self.closed
+
+
+def _quat_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle (rad) of the rotation between two xyzw quaternions."""
+    a, b = quat_normalize(a), quat_normalize(b)
+    d = quat_multiply(b, np.array([-a[0], -a[1], -a[2], a[3]]))
+    return 2.0 * math.atan2(float(np.linalg.norm(d[:3])), abs(float(d[3])))
+
+
+@dataclass
+class ControllerCounters:
+    reflexes: int = 0
+    reflex_recoveries: int = 0
+    recovery_attempts: int = 0
+    recovery_failures: int = 0
+    connection_losses: int = 0
+    chunks_ignored_disabled: int = 0
+    active_stops: int = 0
+    gripper_commands: int = 0
+    homes: int = 0
+
+
+class FrankaController:
+    """Executes action chunks on an arm through the executor and envelope, with reflex recovery."""
+
+    def __init__(self, arm, limits: SafetyLimits, config: ControllerConfig | None = None):
+        """
+        Args:
+            arm: a :class:`~d2ppo_franka.arm.FrankyArm` (or anything with its methods).
+        """
+        self.arm = arm
+        self.config = config or ControllerConfig()
+        self.limits = limits
+        tolerance = self.config.late_tolerance if self.config.late_tolerance > 0.0 else None
+        self.executor = ChunkExecutor(SafetyEnvelope(limits), self.config.period, tolerance)
+        self.gripper = GripperLatch(self.config.gripper_close_threshold, self.config.gripper_open_threshold)
+        self.counters = ControllerCounters()
+        self.enabled = bool(self.config.start_enabled)
+        self.faulted = False
+        self.fault_message = ""
+        self.homing = False
+        self.state: ArmState | None = None
+        self.last_command: Command = Command(HOLD, None, "waiting")
+        self._target: tuple[np.ndarray, np.ndarray] | None = None  # last commanded (pos, quat)
+        self._gripper_commanded: bool | None = None
+        self._stopped = False  # an active stop was sent since the last move
+        self._last_reflex_at = -math.inf
+        self._reflex_streak = 0
+        self._last_connect_try = -math.inf
+        self.last_error = ""
+        self.watchdog_hold_latency: float | None = None
+        self._last_step_at = 0.0
+        self._homing_since = 0.0
+
+    # -- inputs ------------------------------------------------------------------------------------------
+    def submit_chunk(self, chunk: ActionChunk, now: float) -> int:
+        """Hand a chunk to the executor; ignored (and counted) while disabled, homing or faulted."""
+        if not self.enabled or self.homing or self.faulted:
+            self.counters.chunks_ignored_disabled += 1
+            return 0
+        return self.executor.submit(chunk, now)
+
+    def set_enabled(self, enabled: bool) -> tuple[bool, str]:
+        """Enable: clear a fault latch (recovering the robot if needed) and accept chunks.
+        Disable: drop pending actions and actively hold still."""
+        self.executor.reset()
+        self.gripper.closed = self._gripper_commanded  # forget a gripper change not yet started
+        if not enabled:
+            self.enabled = False
+            self._active_stop()
+            return True, "disabled: holding still, chunks ignored"
+        if self.arm.connected and self.faulted:
+            try:
+                if self.arm.has_errors and not self.arm.recover():
+                    return False, f"robot still has errors: {self.fault_message}"
+            except ArmError as e:
+                return False, str(e)
+            self.faulted, self.fault_message, self._reflex_streak = False, "", 0
+        self.enabled = True
+        self._target = None
+        return True, "enabled"
+
+    def stop(self) -> tuple[bool, str]:
+        """Stop now and disable (until /controller/enable true)."""
+        self.enabled = False
+        self.executor.reset()
+        self.gripper.closed = self._gripper_commanded
+        if not self.arm.connected:
+            return False, "not connected"
+        try:
+            self.arm.stop()
+        except ArmError as e:
+            return False, str(e)
+        self._target = None
+        self._stopped = True
+        self.counters.active_stops += 1
+        return True, "stopped; call enable to resume"
+
+    def home(self) -> tuple[bool, str]:
+        """Start a joint motion to ``home_joints``; chunks are ignored until it ends."""
+        if not self.arm.connected:
+            return False, "not connected"
+        self.executor.reset()
+        try:
+            if self.arm.has_errors and not self.arm.recover():
+                return False, "robot has errors that recovery did not clear"
+            self.arm.move_joints(np.array(self.config.home_joints), self.config.home_dynamics_factor)
+        except ArmError as e:
+            return False, str(e)
+        self.faulted, self.fault_message, self._reflex_streak = False, "", 0
+        self.homing = True
+        self._homing_since = self._last_step_at
+        self._target = None
+        self.counters.homes += 1
+        return True, "homing started"
+
+    # -- the control tick --------------------------------------------------------------------------------
+    def step(self, now: float) -> Command:
+        """One control tick at ``now`` (seconds, the clock chunk stamps use)."""
+        self._last_step_at = now
+        if not self.arm.connected:
+            self._try_connect(now)
+            return self._hold("disconnected")
+        try:
+            moving = self.arm.poll()
+            self.state = self.arm.read_state()
+        except ReflexError as e:
+            self._handle_reflex(e, now)
+            return self._hold("reflex")
+        except ConnectionLost as e:
+            self._handle_connection_lost(e)
+            return self._hold("disconnected")
+
+        if self.homing:
+            # poll() is False for a moment before an asynchronous motion starts: done means "arrived".
+            err = float(np.abs(self.state.joint_positions - np.array(self.config.home_joints)).max())
+            if moving or (err > HOME_TOLERANCE and now - self._homing_since < HOME_START_GRACE):
+                return self._hold("homing")
+            self.homing = False
+            if err > HOME_TOLERANCE:
+                self.last_error = f"home motion ended {err:.3f} rad from home_joints"
+        if self.faulted:
+            return self._hold("faulted")
+        if not self.enabled:
+            return self._hold("disabled")
+
+        ref_pos, ref_quat = self._reference(self.state)
+        trips = self.executor.counters["watchdog_trips"]
+        cmd = self.executor.tick(now, ref_pos)
+        self.last_command = cmd
+        if self.executor.counters["watchdog_trips"] != trips:
+            self.watchdog_hold_latency = now - (self._watchdog_deadline() or now)
+        try:
+            if cmd.is_move:
+                target_pos, target_quat = delta_to_target(
+                    cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
+                )
+                self.arm.move_to(target_pos, target_quat)
+                self._target = (target_pos, target_quat)
+                self._stopped = False
+                self.gripper.update(float(cmd.action[6]))
+            self._service_gripper()
+        except ReflexError as e:
+            self._handle_reflex(e, now)
+            return self._hold("reflex")
+        except ConnectionLost as e:
+            self._handle_connection_lost(e)
+            return self._hold("disconnected")
+        return cmd
+
+    # -- helpers -----------------------------------------------------------------------------------------
+    def _hold(self, reason: str) -> Command:
+        self.last_command = Command(HOLD, None, reason)
+        return self.last_command
+
+    def _watchdog_deadline(self) -> float | None:
+        last = self.executor.last_valid_at
+        return None if last is None else last + self.limits.watchdog_timeout
+
+    def _reference(self, state: ArmState) -> tuple[np.ndarray, np.ndarray]:
+        if self._target is not None:
+            pos, quat = self._target
+            if (
+                np.linalg.norm(pos - state.ee_pos) <= self.config.max_tracking_lead
+                and _quat_angle(quat, state.ee_quat) <= self.config.max_tracking_lead_rot
+            ):
+                return pos, quat
+        return state.ee_pos, state.ee_quat
+
+    def _active_stop(self) -> None:
+        """Hold still where the arm is now: a holding motion to the measured pose (stays in Cartesian
+        control, no preemption error, no sag). Sent once per stop."""
+        if self._stopped or not self.arm.connected:
+            return
+        try:
+            state = self.arm.read_state()
+            if state.in_motion:
+                self.arm.move_to(state.ee_pos, state.ee_quat)
+        except ArmError:
+            return  # the next tick's poll reports and handles it
+        self._target = None
+        self._stopped = True
+        self.counters.active_stops += 1
+
+    def _service_gripper(self) -> None:
+        """Bring the gripper to the latch's state; a change requested while the previous gripper command
+        still runs is started on a later tick (franky blocks on overlapping gripper commands)."""
+        desired = self.gripper.closed
+        if desired is None or desired == self._gripper_commanded:
+            return
+        if self.arm.gripper_command(close=desired):  # False while the previous command still runs
+            self._gripper_commanded = desired
+            self.counters.gripper_commands += 1
+
+    def _handle_reflex(self, error: ReflexError, now: float) -> None:
+        """Count the reflex, try recover_from_errors() up to max_reflex_retries times, then hold.
+
+        The plan that led into the reflex is dropped (executor reset): the next chunk starts from the
+        recovered pose. Repeated reflexes (more than max_reflex_retries within reflex_streak_reset_s of
+        each other) latch a fault until /controller/enable or /controller/home.
+        """
+        c = self.counters
+        c.reflexes += 1
+        self.last_error = str(error)
+        self.executor.reset()
+        self._target = None
+        self._stopped = True
+        self._reflex_streak = (
+            self._reflex_streak + 1 if now - self._last_reflex_at < self.config.reflex_streak_reset_s else 1
+        )
+        self._last_reflex_at = now
+        recovered = False
+        for _ in range(self.limits.max_reflex_retries):
+            c.recovery_attempts += 1
+            try:
+                if self.arm.recover():
+                    recovered = True
+                    break
+            except ConnectionLost as e:
+                self._handle_connection_lost(e)
+                return
+        if not recovered:
+            c.recovery_failures += 1
+            self.faulted = True
+            self.fault_message = f"recovery failed after {self.limits.max_reflex_retries} attempts: {error}"
+        elif self._reflex_streak > self.limits.max_reflex_retries:
+            self.faulted = True
+            self.fault_message = f"{self._reflex_streak} reflexes in a row; last: {error}"
+        else:
+            c.reflex_recoveries += 1
+
+    def _handle_connection_lost(self, error: ConnectionLost) -> None:
+        self.counters.connection_losses += 1
+        self.last_error = str(error)
+        self.executor.reset()
+        self._target = None
+        self.arm.disconnect()
+
+    def _try_connect(self, now: float) -> None:
+        if now - self._last_connect_try < self.config.reconnect_period:
+            return
+        self._last_connect_try = now
+        try:
+            self.arm.connect()
+        except ConnectionLost as e:
+            self.last_error = str(e)
+            return
+        self.executor.reset()
+        self._target = None
+        self._gripper_commanded = None
+
+    # -- reporting ---------------------------------------------------------------------------------------
+    def diagnostics(self) -> tuple[int, str, dict[str, int | float | str]]:
+        """(level 0 OK / 1 WARN / 2 ERROR, message, flat values) for /diagnostics."""
+        values: dict[str, int | float | str] = dict(self.executor.stats())
+        c = self.counters
+        values.update(
+            reflexes=c.reflexes,
+            reflex_recoveries=c.reflex_recoveries,
+            recovery_attempts=c.recovery_attempts,
+            recovery_failures=c.recovery_failures,
+            connection_losses=c.connection_losses,
+            chunks_ignored_disabled=c.chunks_ignored_disabled,
+            active_stops=c.active_stops,
+            gripper_commands=c.gripper_commands,
+            homes=c.homes,
+            connected=int(self.arm.connected),
+            enabled=int(self.enabled),
+            faulted=int(self.faulted),
+            homing=int(self.homing),
+            last_command=self.last_command.kind,
+            last_reason=self.last_command.reason,
+            watchdog_hold_latency_s=-1.0 if self.watchdog_hold_latency is None else self.watchdog_hold_latency,
+            last_error=self.last_error,
+        )
+        if self.state is not None:
+            values.update(
+                ee_x=float(self.state.ee_pos[0]), ee_y=float(self.state.ee_pos[1]), ee_z=float(self.state.ee_pos[2])
+            )
+        if not self.arm.connected:
+            return 2, f"disconnected from {getattr(self.arm, 'robot_ip', '?')}: {self.last_error}", values
+        if self.faulted:
+            return 2, f"faulted, holding: {self.fault_message}", values
+        if self.homing:
+            return 0, "homing", values
+        if not self.enabled:
+            return 1, "disabled, holding still", values
+        if self.executor.last_tick is not None and self.executor.watchdog_expired(self.executor.last_tick):
+            return 1, "watchdog: no valid action chunk, holding", values
+        return 0, "running", values
