@@ -90,8 +90,9 @@ def ros_env():
     """Environment for node processes: a private domain id, localhost-only discovery, Fast DDS."""
     env = dict(os.environ)
     env.pop("RMW_IMPLEMENTATION", None)
+    # UDP only: a node SIGKILLed by a test would leave Fast DDS shared-memory segments in /dev/shm.
     env.update(ROS_DOMAIN_ID=str(next(_domain_ids)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
-               PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
+               FASTDDS_BUILTIN_TRANSPORTS="UDPv4", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
     return env
 
 
@@ -119,11 +120,21 @@ class RosTestNode:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.node import Node
+        from rclpy.signals import SignalHandlerOptions
 
         self.rclpy = rclpy
         self.context = rclpy.Context()
-        rclpy.init(context=self.context, domain_id=domain_id)
-        self.node = Node("real_test", context=self.context)
+        # No signal handlers: Ctrl-C stays pytest's. UDP only, like the node processes (see ros_env).
+        saved = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "UDPv4"
+        try:
+            rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+            self.node = Node("real_test", context=self.context)
+        finally:
+            if saved is None:
+                os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS")
+            else:
+                os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = saved
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
 
@@ -152,7 +163,7 @@ class RosTestNode:
     def close(self) -> None:
         self.executor.shutdown()
         self.node.destroy_node()
-        self.rclpy.shutdown(context=self.context)
+        self.context.try_shutdown()
 
 
 @pytest.fixture

@@ -12,6 +12,8 @@ Parameters (launch/recorder.yaml):
   camera_names (str[])     cameras to record (the policy's camera names)
   image_size (int)         square size images are stored at (the policy's, 96); 0 = native size
   control_rate_hz (float)  the controller's rate (period of multi-action chunks)
+  late_tolerance (float)   s an action may be overdue and still count as executed; <= 0: one period
+                           (set it like the franka node's late_tolerance)
   max_obs_age (float)      s; a sample whose input is older is skipped and counted
   min_steps (int)          shorter episodes are not saved
   valid_fraction (float)   train/valid mask split rewritten after each save
@@ -63,6 +65,7 @@ class RecorderNode(Node):
         self.declare_parameter("camera_names", None, flexible)
         self.declare_parameter("image_size", 96)
         self.declare_parameter("control_rate_hz", 20.0)
+        self.declare_parameter("late_tolerance", -1.0)
         self.declare_parameter("max_obs_age", 0.2)
         self.declare_parameter("min_steps", 1)
         self.declare_parameter("valid_fraction", 0.1)
@@ -88,7 +91,8 @@ class RecorderNode(Node):
                                         min_steps=param("min_steps"), valid_fraction=param("valid_fraction"))
         self.inputs = LatestObservations(cameras)
         self.joints = RobotJoints()
-        self.actions = CommandedActions(self.period)
+        late = float(param("late_tolerance"))
+        self.actions = CommandedActions(self.period, late_tolerance=late if late > 0 else None)
         self.bad_chunks = 0
 
         reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}

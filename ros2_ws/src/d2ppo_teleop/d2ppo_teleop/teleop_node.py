@@ -14,7 +14,11 @@ Parameters (launch/teleop.yaml):
   axis_map (int[])        signed 1-based device axis per action axis (see d2ppo_teleop.mapping)
   keyboard_hold_s (float) s each key press holds its axis
   gripper_closed (bool)   initial gripper state
-  stamp (str)             "robot_state": newest /robot/* stamp when fresh, else now | "now"
+  stamp (str)             "now" (default): publish time on the node clock | "robot_state": newest /robot/*
+                          stamp when fresh, else now. A 1-action chunk's action is due at its stamp and
+                          the executor drops it once more than late_tolerance (one period) overdue at its
+                          next tick; an older robot-state stamp uses up part of that tolerance (measured
+                          with franky-sim: dropped actions), so "now" is the default for the real arm.
   diagnostics_period (float) s of wall time between /diagnostics messages
 """
 
@@ -53,7 +57,7 @@ class TeleopNode(Node):
         self.declare_parameter("axis_map", [1, 2, 3, 4, 5, 6])
         self.declare_parameter("keyboard_hold_s", 0.3)
         self.declare_parameter("gripper_closed", False)
-        self.declare_parameter("stamp", "robot_state")
+        self.declare_parameter("stamp", "now")
         self.declare_parameter("diagnostics_period", 1.0)
         param = lambda name: self.get_parameter(name).value  # noqa: E731
 
