@@ -20,13 +20,15 @@ VARIANTS = ("infonce_l2", "infonce_cosine", "hinge", "covariance")
 def _pairwise_sq_dist(z: Tensor) -> Tensor:
     """d_ij = ||z_i - z_j||² / D for all pairs, diagonal included: [B, B].
 
-    Computed from differences, not the ||a||²+||b||²-2ab expansion: that expansion has a
-    non-differentiable sqrt-free but cancellation-prone diagonal, and for identical rows it
-    can go slightly negative; the difference form is exact (0 on the diagonal) and its gradient is
-    finite everywhere.
+    Uses the Gram form ||z_i||² + ||z_j||² - 2 z_i·z_j (one [B, D] x [D, B] matmul instead of a [B, B, D]
+    difference tensor: the dispersive term must stay cheap next to the network). Rounding can make it
+    slightly negative for (near-)identical rows, so it is clamped at 0 and the diagonal is set to exactly 0;
+    both keep the value and gradient finite for B = 1 and identical rows.
     """
-    diff = z.unsqueeze(1) - z.unsqueeze(0)  # [B, B, D]
-    return diff.pow(2).mean(dim=-1)
+    sq = z.pow(2).sum(dim=1)
+    d = (sq.unsqueeze(1) + sq.unsqueeze(0) - 2.0 * (z @ z.t())).clamp_min(0.0)
+    d = d * (1.0 - torch.eye(z.shape[0], device=z.device, dtype=z.dtype))
+    return d / z.shape[1]
 
 
 def dispersive_loss(z: Tensor, variant: str = "infonce_l2", tau: float = 0.5) -> Tensor:

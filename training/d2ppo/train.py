@@ -214,13 +214,14 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
         obs = {k: batch[k] for k in ("rgb", "state") if k in batch}
-        loss, logs = model.diffusion_loss(obs, batch["actions"], disp)
+        log_now = step % cfg.log_every == 0 or step == cfg.steps - 1
+        loss, logs = model.diffusion_loss(obs, batch["actions"], disp, metrics=log_now)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         ema.update(model, step)
-        if step % cfg.log_every == 0 or step == cfg.steps - 1:
+        if log_now:
             for k, v in logs.items():
                 writer.add_scalar(k, v, step)
             writer.add_scalar("lr", lr_at(step), step)

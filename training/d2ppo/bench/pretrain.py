@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
     arms = {"diffusion only (λ=0)": None, f"+ dispersive (λ=0.5, {a.layer})": DispersiveConfig(weight=0.5, layer=a.layer)}
 
     def step(disp):
-        loss, _ = model.diffusion_loss(obs, actions, disp)
+        loss, _ = model.diffusion_loss(obs, actions, disp, metrics=False)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

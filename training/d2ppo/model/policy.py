@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from d2ppo.losses import dispersive_loss, dispersion_metrics
+from d2ppo.losses import dispersion_metrics, dispersive_loss
 from d2ppo.model.config import PolicyConfig
 from d2ppo.model.denoiser import HIDDEN_LAYERS, ResidualMLPDenoiser
 from d2ppo.model.vit import SpatialEmbedding, ViTEncoder, random_shift
@@ -104,10 +104,12 @@ class DiffusionPolicy(nn.Module):
         self.register_buffer("ddim_sigma", sigma, persistent=False)
 
     # ------------------------------------------------------------------ pre-training
-    def diffusion_loss(self, obs: dict[str, Tensor], actions: Tensor, dispersive: DispersiveConfig | None = None):
+    def diffusion_loss(self, obs: dict[str, Tensor], actions: Tensor, dispersive: DispersiveConfig | None = None,
+                       metrics: bool = True):
         """DDPM ε-prediction loss (+ λ · dispersive on one hidden layer, same forward pass).
 
-        Returns (total loss, logs dict). actions [B, Ta, Da] normalised.
+        Returns (total loss, logs dict). actions [B, Ta, Da] normalised. ``metrics`` adds the dispersion
+        metrics of the regularised layer (an SVD: compute it on logging steps only).
         """
         b = actions.shape[0]
         cond = self.encoder(obs)
@@ -126,7 +128,8 @@ class DiffusionPolicy(nn.Module):
                 disp = dispersive_loss(feats, dispersive.variant, dispersive.tau)
                 total = diff + dispersive.weight * disp
                 logs["loss/dispersive"] = float(disp.detach())
-            logs.update({f"dispersion/{k}": v for k, v in dispersion_metrics(feats.detach()).items()})
+            if metrics:
+                logs.update({f"dispersion/{k}": v for k, v in dispersion_metrics(feats.detach()).items()})
         logs["loss/total"] = float(total.detach())
         return total, logs
 
