@@ -145,3 +145,14 @@ def test_onnx_parity_holds_for_other_chain_settings(tmp_path, chain, spec):
         want = package.sampler("torch", std=std)(obs, noise)
         got = package.sampler("onnx", std=std, threads=1)(obs, noise)
         assert np.abs(got - want).max() <= PARITY_ATOL
+
+
+def test_package_that_cannot_take_policy_onnx_still_gets_an_onnx_sampler(tmp_path):
+    path = make_random_policy(tmp_path / "p", spec=ObsSpec(camera_names=()), cfg=PolicyConfig(**SMALL))
+    package = load_policy(path)
+    (path / ONNX_NAME).mkdir()  # writing policy.onnx fails like on a read-only mount (root ignores chmod)
+    with pytest.warns(UserWarning, match="cannot write"):
+        sampler = OnnxChunkSampler(package, threads=1)
+    assert sampler.onnx_path.is_file() and sampler.onnx_path.parent != path
+    obs, noise = random_obs(package.spec, 2), random_noise(package, 2)
+    assert np.abs(sampler(obs, noise) - package.sampler("torch")(obs, noise)).max() <= PARITY_ATOL

@@ -162,8 +162,11 @@ def export_onnx(
     """Export encoder + unrolled DDIM chain to ONNX. Default output: ``<package>/policy.onnx`` (written atomically)."""
     package = package_or_path if isinstance(package_or_path, PolicyPackage) else load_policy(package_or_path)
     out = Path(out_path) if out_path is not None else package.path / ONNX_NAME
-    model = package.model.eval()
+    model = package.model
+    was_training = model.training
+    model.eval()  # no augmentation in the graph; the caller's mode is restored below
     chain = ExportedChain(model).eval()
+    device = next(model.parameters()).device
     names = _input_names(model)
     dynamic = {n: {0: "batch"} for n in names if n != "std"}
     dynamic["actions"] = {0: "batch"}
@@ -176,7 +179,7 @@ def export_onnx(
             warnings.simplefilter("ignore")
             torch.onnx.export(
                 chain,
-                _example_inputs(model),
+                tuple(t.to(device) for t in _example_inputs(model)),
                 tmp,
                 input_names=names,
                 output_names=["actions"],
@@ -189,6 +192,8 @@ def export_onnx(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        model.train(was_training)
     return out
 
 
@@ -203,15 +208,30 @@ class OnnxChunkSampler(ChunkSampler):
     """ChunkSampler backed by ``<package>/policy.onnx`` in ONNX Runtime (exported first if missing or stale)."""
 
     def __init__(
-        self, package: PolicyPackage, threads: int | None = None, std: float | None = None, seed: int | None = None
+        self,
+        package: PolicyPackage,
+        threads: int | None = None,
+        std: float | None = None,
+        seed: int | None = None,
+        spin: bool = True,
     ):
+        """threads: ORT intra-op threads (default ``OMP_NUM_THREADS``, else 2). std: DDIM transition std (default
+        the package's ``deploy_std``). seed: of the numpy Generator drawing the noise when none is passed.
+        spin: let idle ORT worker threads busy-wait between operators (ORT's default; lowest latency on cores the
+        sampler has to itself, but it burns CPU that other processes on the same cores would use).
+        """
         super().__init__(package)
         import onnxruntime as ort
 
         onnx_path = package.path / ONNX_NAME
         weights = package.path / WEIGHTS_NAME
         if not onnx_path.is_file() or onnx_path.stat().st_mtime < weights.stat().st_mtime:
-            export_onnx(package, onnx_path)
+            try:
+                export_onnx(package, onnx_path)
+            except OSError as e:  # e.g. a package on a read-only mount: keep the graph beside, not in, the package
+                onnx_path = Path(tempfile.mkdtemp(prefix="d2ppo-onnx-")) / ONNX_NAME
+                warnings.warn(f"cannot write {package.path / ONNX_NAME} ({e}); exported to {onnx_path}", stacklevel=2)
+                export_onnx(package, onnx_path)
         self.onnx_path = onnx_path
         self.threads = threads if threads is not None else _default_threads()
         opts = ort.SessionOptions()
@@ -219,6 +239,7 @@ class OnnxChunkSampler(ChunkSampler):
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
         self.session = ort.InferenceSession(str(onnx_path), sess_options=opts, providers=["CPUExecutionProvider"])
         self.input_names = [i.name for i in self.session.get_inputs()]
         self.std = np.array([package.cfg.deploy_std if std is None else std], dtype=np.float32)
