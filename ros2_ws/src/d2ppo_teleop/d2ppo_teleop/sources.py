@@ -206,11 +206,14 @@ class KeyboardSource:
 # --- SpaceMouse -------------------------------------------------------------------------------------
 
 class SpaceMouseSource:
-    """3Dconnexion SpaceMouse through pyspacemouse (raw HID; no 3Dconnexion driver needed).
+    """3Dconnexion SpaceMouse through pyspacemouse 2.x (raw HID; no 3Dconnexion driver needed).
 
-    Buttons 0 and 1 toggle the gripper. The device reports continuously while the cap is deflected,
-    so an input event is "live" only while its state timestamp keeps changing: a SpaceMouse unplugged
-    while deflected stops changing and the deadman zeroes the motion.
+    Axes in ROS convention (REP 103: x forward = cap pushed away from the operator, y left, z up;
+    rotations about them), so with the operator standing behind the robot, looking along its +x, the
+    identity ``axis_map`` moves the hand the way the cap is pushed. Buttons 0 and 1 toggle the gripper.
+    The device reports continuously while the cap is deflected, so an input event is "live" only while
+    the state's timestamp keeps changing: a SpaceMouse unplugged mid-push stops changing and the
+    deadman zeroes the motion.
     """
 
     def __init__(self):
@@ -219,40 +222,39 @@ class SpaceMouseSource:
         except ImportError as e:
             raise TeleopDeviceError(
                 "SpaceMouse teleop needs the optional package pyspacemouse: pip install pyspacemouse "
-                "(and apt install libhidapi-dev); or use source:=keyboard"
+                "(and apt install libhidapi-hidraw0); or use source:=keyboard"
             ) from e
+        convention = getattr(getattr(pyspacemouse, "AxisConvention", None), "ROS", None)
         try:
-            device = pyspacemouse.open()
-        except Exception as e:  # noqa: BLE001 - hidapi/easyhid raise assorted errors for permissions/libraries
-            raise TeleopDeviceError(f"cannot open a SpaceMouse: {e} (is libhidapi installed, /dev/hidraw* readable?)") from e
-        if not device:
+            device = pyspacemouse.open(**({"axis_convention": convention} if convention is not None else {}))
+        except Exception as e:  # noqa: BLE001 - no device (RuntimeError), hidapi missing, no permission
             raise TeleopDeviceError(
-                "no SpaceMouse found: is it plugged in, and can this user read /dev/hidraw* "
-                "(udev rule in docs/bringup.md; in Docker pass the hidraw device)?"
-            )
-        self._psm = pyspacemouse
+                f"cannot open a SpaceMouse: {e}. Is it plugged in, and can this user read /dev/hidraw* "
+                "(udev rule in docs/bringup.md; in Docker the hidraw device must be passed in)?"
+            ) from e
+        if not device:
+            raise TeleopDeviceError("no SpaceMouse found: is it plugged in and /dev/hidraw* readable?")
+        self._device = device
         self._last_t: float | None = None
         self._last_active: float | None = None
         self._buttons: list[int] = []
-        self.description = "SpaceMouse"
+        self.description = f"SpaceMouse ({getattr(device, 'name', 'pyspacemouse')})"
 
     def read(self, now: float) -> TeleopInput:
-        state = self._psm.read()
-        if state is None:
-            return TeleopInput(np.zeros(6), 0, self._last_active)
+        state = self._device.read()
         motion = np.array([state.x, state.y, state.z, state.roll, state.pitch, state.yaw], dtype=np.float64)
-        t = getattr(state, "t", None)
-        if t != self._last_t:
-            self._last_t = t
+        if state.t != self._last_t:  # a new HID report arrived since the last tick
+            self._last_t = state.t
             self._last_active = now
-        buttons = list(getattr(state, "buttons", None) or getattr(state, "button", None) or [])
-        toggles = sum(1 for i in (0, 1) if i < len(buttons) and buttons[i] and not (i < len(self._buttons) and self._buttons[i]))
+        buttons = [int(b) for b in state.buttons]
+        toggles = sum(1 for i in (0, 1) if i < len(buttons) and buttons[i]
+                      and not (i < len(self._buttons) and self._buttons[i]))
         self._buttons = buttons
         return TeleopInput(motion, toggles, self._last_active)
 
     def close(self) -> None:
         try:
-            self._psm.close()
+            self._device.close()
         except Exception:  # noqa: BLE001 - closing an unplugged device
             pass
 
