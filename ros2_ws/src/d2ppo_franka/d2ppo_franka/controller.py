@@ -167,7 +167,8 @@ class FrankaController:
                     return False, f"robot still has errors: {self.fault_message}"
             except ArmError as e:
                 return False, str(e)
-            self.faulted, self.fault_message, self._reflex_streak = False, "", 0
+            self.faulted, self.fault_message = False, ""
+        self._reflex_streak = 0  # an operator's enable acknowledges earlier reflexes
         self.enabled = True
         self._target = None
         return True, "enabled"
