@@ -104,3 +104,19 @@ def test_reflexes_far_apart_do_not_accumulate():
     for k in range(4):
         drive(ctrl, 100.0 + 10.0 * k, 1)
     assert not ctrl.faulted and ctrl.counters.reflexes == 4
+
+
+def test_shipped_franka_yaml_documents_the_node_defaults():
+    """launch/franka.yaml is what users edit; it must state the defaults the code falls back to."""
+    import dataclasses
+    from pathlib import Path
+
+    import yaml
+    from d2ppo_franka.franka_node import NODE_DEFAULTS
+
+    params = yaml.safe_load((Path(__file__).resolve().parents[2] / "launch" / "franka.yaml").read_text())
+    params = params["/**"]["ros__parameters"]
+    expected = dict(NODE_DEFAULTS)
+    for f in dataclasses.fields(ControllerConfig):
+        expected[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
+    assert params == expected

@@ -381,3 +381,27 @@ def test_node_stops_cleanly_on_sigint(tmp_path):
         if node is not None:
             node.stop()
         sim.stop()
+
+
+def test_node_reports_a_missing_robot_and_connects_once_it_appears(tmp_path):
+    host, domain = "127.0.64.1", 64
+    node = probe = sim = None
+    try:
+        node = start_franka_node(domain, {"robot_ip": host, "realtime": False}, tmp_path, name="late_robot_node")
+        probe = RosProbe(domain)
+        probe.wait_for(lambda: len(probe.diags) > 0, 30.0, "diagnostics without a robot")
+        with probe._lock:
+            _, values, level, message = probe.diags[-1]
+        print(f"\n[no robot] level {level}: {message[:120]}")
+        assert level == 2 and values["connected"] == "0" and "disconnected" in message
+        assert node.proc.poll() is None
+        sim = start_franky_sim(host, tmp_path)
+        probe.wait_for(lambda: probe.latest_diag()["connected"] == "1", 15.0, "the node to connect")
+        probe.wait_for(lambda: len(probe.poses) > 10, 10.0, "ee_pose from the late robot")
+    finally:
+        if probe is not None:
+            probe.close()
+        if node is not None:
+            node.stop()
+        if sim is not None:
+            sim.stop()
