@@ -127,3 +127,29 @@ def test_recorder_refuses_out_of_order_commands_and_short_episodes(tmp_path):
     assert rec.recording and rec.discard() == 1 and not rec.recording
     rec.add(obs, np.zeros(7))  # idle: nothing is buffered
     assert rec.steps == 0
+
+
+@pytest.mark.timeout(120)
+def test_policy_trained_on_recorded_demos_runs_on_a_recorded_observation(tmp_path):
+    """Record -> ``python -m d2ppo.train --data <file>`` unchanged -> the package's own builder and sampler."""
+    from d2ppo.package import load_policy
+    from d2ppo.train import main as train_main
+
+    path = tmp_path / "demos.hdf5"
+    rec = EpisodeRecorder(RobomimicWriter(path, real_env_args("Lift", ["agentview"], 16, 20.0)), valid_fraction=0)
+    samples = []
+    for _ in range(2):
+        rec.start()
+        for t in range(12):
+            inputs, joints = _inputs(100.0 + t * PERIOD)
+            obs, _ = make_sample(inputs, joints, 100.0 + t * PERIOD, 100.0 + t * PERIOD, 0.2, 16)
+            samples.append(obs)
+            rec.add(obs, np.r_[np.full(6, 0.01 * t), 1.0])
+        rec.stop()
+    train_main(["--data", str(path), "--out", str(tmp_path / "run"), "--cameras", "agentview", "--image-size", "16",
+                "--steps", "2", "--batch-size", "8", "--threads", "1"])
+    policy = load_policy(tmp_path / "run" / "policy")
+    assert policy.task == "RealPandaLift" and policy.card["obs"]["robot_base_pos"] == [0.0, 0.0, 0.0]
+    builder = policy.obs_builder()
+    chunk = policy.sampler()(builder(samples[-1]))  # a recorded observation is a raw policy observation
+    assert chunk.shape == (policy.horizon, 7) and np.all(np.abs(chunk) <= 1.0)
