@@ -10,13 +10,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=.venv-franky-sim
-REQ="franky-sim==1.0.4"
+REQ="franky-sim==1.0.4 pin==4.1.0 mujoco==4.0.0 numpy==2.4.6"  # versions the tests were measured with
 stamp=$VENV/.setup-stamp
 PY=${PYTHON:-python3.11}
 command -v "$PY" >/dev/null || PY=python3
 [ -x $VENV/bin/python ] || { echo "[setup_franky_sim] creating $VENV"; "$PY" -m venv $VENV; }
 if [ "$(cat "$stamp" 2>/dev/null)" != "$REQ" ]; then
-  $VENV/bin/python -m pip install -q "$REQ"
+  # shellcheck disable=SC2086 # REQ is a list of requirements
+  $VENV/bin/python -m pip install -q $REQ
   echo "$REQ" > "$stamp"
 fi
 $VENV/bin/python -c 'import pinocchio, franky_sim; print("[setup_franky_sim] ready: pinocchio", pinocchio.__version__)'
