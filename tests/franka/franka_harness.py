@@ -137,7 +137,9 @@ def start_franka_sim(host: str, log_dir: Path) -> LoggedProcess:
     return sim
 
 
-def start_franka_node(domain_id: int, params: dict, log_dir: Path, name: str = "franka_node") -> LoggedProcess:
+def start_franka_node(
+    domain_id: int, params: dict, log_dir: Path, name: str = "franka_node", ros_args: tuple[str, ...] = ()
+) -> LoggedProcess:
     """The node's console script with the shipped parameter files plus ``params`` as overrides."""
     import yaml
 
@@ -152,6 +154,7 @@ def start_franka_node(domain_id: int, params: dict, log_dir: Path, name: str = "
         str(REPO / "launch" / "safety.yaml"),
         "--params-file",
         str(override),
+        *ros_args,
     ]
     return LoggedProcess(cmd, log_dir / f"{name}.log", env=ros_env(domain_id))
 
@@ -159,7 +162,7 @@ def start_franka_node(domain_id: int, params: dict, log_dir: Path, name: str = "
 class RosProbe:
     """The test's side of DDS: publishes chunks, records poses/joints/diagnostics, calls services."""
 
-    def __init__(self, domain_id: int):
+    def __init__(self, domain_id: int, namespace: str = ""):
         import rclpy
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped
@@ -174,7 +177,7 @@ class RosProbe:
 
         # no signal handlers: pytest keeps Ctrl-C, and the probe never shuts down under a test's feet
         rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("franka_test_probe", context=self.context)
+        self.node = rclpy.create_node("franka_test_probe", context=self.context, namespace=namespace)
         self.chunk_pub = self.node.create_publisher(JointTrajectory, "policy/action_chunk", 10)
         self.poses: list[tuple[float, np.ndarray]] = []  # (receive time.time(), xyz)
         self.joint_msgs: list[tuple[float, object]] = []

@@ -57,6 +57,10 @@ def rig(tmp_path_factory):
             {
                 "robot_ip": HOST,
                 "realtime": False,
+                # two periods instead of one: on the shared 2-core CI box the node is sometimes descheduled
+                # for more than 50 ms, which would drop an action as stale (test_stale_chunk_is_dropped
+                # covers dropping); the product default stays one period.
+                "late_tolerance": 0.1,
                 "home_joints": START_JOINTS,
                 "safety.workspace_min": WORKSPACE_MIN,
                 "safety.workspace_max": WORKSPACE_MAX,
@@ -259,8 +263,9 @@ def test_watchdog_holds_within_two_control_periods_when_chunks_stop(probe):
         f"travel after the last chunk {travel * 1000:.1f} mm"
     )
     assert 0.0 <= latency <= 2 * PERIOD
-    # the arm settles on the last accepted target: at most the tracking lead plus one step behind it
-    assert travel <= MAX_TRACKING_LEAD + 0.005 + 0.005
+    # The arm settles on the last accepted target, set at most lead + one step ahead of the arm; the
+    # chunk's remaining actions still run for up to 0.15 s after it arrived (~0.03 m of arm motion here).
+    assert travel <= MAX_TRACKING_LEAD + 0.005 + 0.03
     go_to(probe, p0)
     assert np.linalg.norm(p_still - p0) < 0.1
 
@@ -297,7 +302,9 @@ def test_inference_node_killed_mid_motion_leaves_the_arm_holding(probe, rig):
         f"still ~{still_at - t_kill:.2f} s after the kill (incl. 0.3 s stillness window)"
     )
     assert moved_before_kill > 0.02  # it really was moving
-    assert travel <= MAX_TRACKING_LEAD + 0.01 + 0.005  # the last accepted target is at most lead + step ahead
+    # the last accepted target is at most lead + one step ahead of where the arm was when it was set,
+    # and the chunk in flight runs on for up to 0.15 s after the kill
+    assert travel <= MAX_TRACKING_LEAD + 0.01 + 0.03
     go_to(probe, p0)
 
 
@@ -405,3 +412,26 @@ def test_node_reports_a_missing_robot_and_connects_once_it_appears(tmp_path):
             node.stop()
         if sim is not None:
             sim.stop()
+
+
+def test_node_runs_in_a_namespace(tmp_path):
+    """All names are relative: under ``__ns:=/robot1`` the node's topics and services move along."""
+    host, domain = "127.0.65.1", 65
+    sim = start_franky_sim(host, tmp_path)
+    node = probe = None
+    try:
+        node = start_franka_node(
+            domain, {"robot_ip": host, "realtime": False}, tmp_path, name="ns_node", ros_args=("-r", "__ns:=/robot1")
+        )
+        probe = RosProbe(domain, namespace="/robot1")
+        probe.wait_ready(timeout=30.0)
+        p0 = probe.wait_still()
+        probe.publish_chunk(actions(2, z=-0.5))
+        assert settle(probe)[2] - p0[2] == pytest.approx(-0.05, abs=0.005)
+        assert probe.chunk_pub.topic_name == "/robot1/policy/action_chunk"
+    finally:
+        if probe is not None:
+            probe.close()
+        if node is not None:
+            node.stop()
+        sim.stop()

@@ -35,6 +35,10 @@ def rig(tmp_path_factory):
             {
                 "robot_ip": HOST,
                 "realtime": False,
+                # two periods instead of one: on the shared 2-core CI box the node is sometimes descheduled
+                # for more than 50 ms, which would drop an action as stale (test_stale_chunk_is_dropped
+                # covers dropping); the product default stays one period.
+                "late_tolerance": 0.1,
                 # franka-sim's FR3 starts with its flange at ~(0.55, 0.0, 0.73)
                 "safety.workspace_min": [0.3, -0.3, 0.4],
                 "safety.workspace_max": [0.8, 0.3, 0.85],
@@ -95,7 +99,9 @@ def test_reflex_from_a_frozen_node_is_recovered_and_reported(rig):
     time.sleep(0.4)
     p2 = probe.wait_still(timeout=10.0)
     print(f"[reflex] after recovery a 2 x -0.025 m chunk moved y by {(p2 - p1)[1] * 1000:.1f} mm")
-    if probe.fresh_diag()["reflexes"] == reflexes:
+    d2 = probe.fresh_diag()
+    print({k: v for k, v in d2.items() if k.startswith(("actions", "chunks", "reflex", "last_"))})
+    if d2["reflexes"] == reflexes:
         assert (p2 - p1)[1] == pytest.approx(-0.05, abs=0.006)
     else:  # a spontaneous reflex (the 2-core CI box starves franky's 1 kHz loop) cut the motion short
         assert (p2 - p1)[1] < -0.002

@@ -89,6 +89,8 @@ class FrankyArm:
             gripper_speed: m/s for open/close. grasp_force: N.
             gripper_poll_period: s between gripper width reads (each is a network round trip, ~1.3 ms).
         """
+        if not 0.0 < float(relative_dynamics_factor) <= 1.0:
+            raise ValueError(f"relative_dynamics_factor must be in (0, 1], got {relative_dynamics_factor}")
         self.robot_ip = robot_ip
         self.realtime = bool(realtime)
         self.relative_dynamics_factor = float(relative_dynamics_factor)
