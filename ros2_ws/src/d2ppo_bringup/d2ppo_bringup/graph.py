@@ -43,7 +43,7 @@ class NodeSpec:
 
 
 def launch_dir() -> Path:
-    """The folder with the parameter files (sim.yaml, panda.yaml, inference.yaml, safety.yaml).
+    """The folder with the parameter files (sim.yaml, panda.yaml, inference.yaml, safety.yaml, ...).
 
     ``D2PPO_LAUNCH_DIR`` wins; then the repository this package sits in (editable pip install,
     ``colcon build --symlink-install``); then the package's installed share folder.
@@ -131,7 +131,8 @@ def panda_graph(policy: str, robot_ip: str, use_sim_time: bool = False, backend:
             executable="camera_node",
             module="d2ppo_camera.camera_node",
             name="camera",
-            param_files=("panda.yaml",),
+            # cameras.yaml maps RealSense serials to the policy's camera names.
+            param_files=("cameras.yaml", "panda.yaml"),
             params={"use_sim_time": use_sim_time},
         ),
         _inference(policy, use_sim_time, "panda.yaml", {"backend": backend, "trigger": "timer"}),
@@ -140,7 +141,7 @@ def panda_graph(policy: str, robot_ip: str, use_sim_time: bool = False, backend:
             executable="franka_node",
             module="d2ppo_franka.franka_node",
             name="franka",
-            param_files=("safety.yaml", "panda.yaml"),
+            param_files=("franka.yaml", "safety.yaml", "panda.yaml"),
             params={"robot_ip": robot_ip, "use_sim_time": use_sim_time},
             required=True,
         ),
