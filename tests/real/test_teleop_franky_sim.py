@@ -81,7 +81,10 @@ def test_teleop_chunks_move_the_arm_through_the_controller_and_are_recorded(fran
         teleop = spawn("d2ppo_teleop.teleop_node", {"source": "scripted", "script": json.dumps(script),
                                                     "pos_gain": 0.1, "deadzone": 0.0})
         both_listening = lambda: latest("controller", "chunks_accepted") > 0 and latest("recorder", "steps") > 0  # noqa: E731
-        assert test_node.spin_until(both_listening, 30), teleop.output() + recorder.output() + franka.output()[-2000:]
+        assert test_node.spin_until(both_listening, 30), (
+            f"controller {diags['controller'][-1:]}, recorder {diags['recorder'][-1:]}, {len(chunks)} chunks seen\n"
+            + teleop.output() + recorder.output() + franka.output()[-2000:]
+        )
         assert all(np.allclose(c.points[0].positions[:6], 0.0) for c in chunks), "the script starts hands off"
         assert test_node.spin_until(lambda: still_for(0.5), 10)
         p0 = poses[-1][1]

@@ -12,6 +12,10 @@ Capture timestamps. librealsense stamps each frame in one of three clock domains
 
 Arrival time is therefore only used when the device supplies nothing better, and stamps never lie
 in the future of the frame's arrival.
+
+Import order: a process that imports pyrealsense2 (2.59) *before* rclpy segfaults at interpreter exit
+(measured here); the camera node imports rclpy first, and pyrealsense2 is imported only when a
+RealSenseSource is created.
 """
 
 from __future__ import annotations
