@@ -167,17 +167,25 @@ class RosProbe:
         from diagnostic_msgs.msg import DiagnosticArray
         from geometry_msgs.msg import PoseStamped
         from rclpy.executors import SingleThreadedExecutor
+        from rclpy.signals import SignalHandlerOptions
         from sensor_msgs.msg import JointState
         from std_srvs.srv import SetBool, Trigger
         from trajectory_msgs.msg import JointTrajectory
 
+        # UDP like the node processes; set only while the participant is created (read at creation), so
+        # the rest of the pytest process keeps its environment.
+        saved = os.environ.get("FASTDDS_BUILTIN_TRANSPORTS")
         os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = "UDPv4"
-        self.context = rclpy.Context()
-        from rclpy.signals import SignalHandlerOptions
-
-        # no signal handlers: pytest keeps Ctrl-C, and the probe never shuts down under a test's feet
-        rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
-        self.node = rclpy.create_node("franka_test_probe", context=self.context, namespace=namespace)
+        try:
+            self.context = rclpy.Context()
+            # no signal handlers: pytest keeps Ctrl-C, and the probe never shuts down under a test's feet
+            rclpy.init(context=self.context, domain_id=domain_id, signal_handler_options=SignalHandlerOptions.NO)
+            self.node = rclpy.create_node("franka_test_probe", context=self.context, namespace=namespace)
+        finally:
+            if saved is None:
+                os.environ.pop("FASTDDS_BUILTIN_TRANSPORTS", None)
+            else:
+                os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = saved
         self.chunk_pub = self.node.create_publisher(JointTrajectory, "policy/action_chunk", 10)
         self.poses: list[tuple[float, np.ndarray]] = []  # (receive time.time(), xyz)
         self.joint_msgs: list[tuple[float, object]] = []
