@@ -1,6 +1,6 @@
 """Latency of one batch-1 action chunk (10 DDIM steps) per sampler backend, on this machine's CPUs.
 
-    python -m d2ppo.bench.sampler [--json] [--policy PATH] [--chunks 500] [--warmup 50]
+    python -m d2ppo.bench.sampler [--json] [--policy PATH] [--chunks 500] [--warmup 50] [--profile]
 
 Backends, all on the same package and the same number of threads (``OMP_NUM_THREADS``, default 2):
   naive  the whole network (ViT encoder + denoiser) at every denoising step, as DPPO's sampler does
@@ -103,6 +103,62 @@ def run(policy: str | None, backends: list[str], chunks: int, warmup: int, round
     return {"backends": result, "threads": threads, "steps": steps}
 
 
+def profile_onnx(policy: str | None, chunks: int, log=print) -> dict[str, float]:
+    """Where an ONNX chunk's time goes: per-operator-type µs per chunk (median over chunks of each node).
+
+    Uses ONNX Runtime's own profiler on the package's graph at the benchmark's thread count. Returns
+    ``{"encoder": µs, "chain": µs, "<OpType>": µs, ...}``; encoder = nodes traced from the observation encoder
+    (the 2 convs, ViT block, spatial embedding), chain = the 10 unrolled denoising steps.
+    """
+    import collections
+
+    import onnxruntime as ort
+
+    from d2ppo.export import export_onnx
+    from d2ppo.package import load_policy, make_random_policy
+
+    threads = thread_count()
+    with tempfile.TemporaryDirectory(prefix="d2ppo-bench-") as tmp:
+        path = Path(policy) if policy else make_random_policy(Path(tmp) / "paper-image-policy")
+        package = load_policy(path)
+        graph = export_onnx(package, Path(tmp) / "profiled.onnx")
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.enable_profiling = True
+        opts.profile_file_prefix = str(Path(tmp) / "ort-profile")
+        session = ort.InferenceSession(str(graph), opts, providers=["CPUExecutionProvider"])
+        obs = {k: v[None] for k, v in example_obs(package).items()}
+        cfg = package.cfg
+        feeds = {
+            **obs,
+            "noise": np.random.default_rng(0).standard_normal(
+                (1, cfg.sample_steps + 1, cfg.horizon, cfg.action_dim), dtype=np.float32
+            ),
+            "std": np.zeros(1, np.float32),
+        }
+        for _ in range(chunks):
+            session.run(None, feeds)
+        events = json.loads(Path(session.end_profiling()).read_text())
+    per_node: dict[str, list[float]] = collections.defaultdict(list)
+    op_of: dict[str, str] = {}
+    for e in events:
+        if e.get("cat") == "Node" and e["name"].endswith("_kernel_time"):
+            per_node[e["name"]].append(e["dur"])
+            op_of[e["name"]] = e["args"]["op_name"]
+    by_op: collections.Counter = collections.Counter()
+    parts = {"encoder": 0.0, "chain": 0.0}
+    for name, durations in per_node.items():
+        us = float(np.median(durations))
+        by_op[op_of[name]] += us
+        parts["encoder" if "encoder" in name or op_of[name].startswith("Reorder") else "chain"] += us
+    log(f"ONNX Runtime profile, {threads} threads, {chunks} chunks, median µs per chunk:")
+    log(f"  encoder {parts['encoder']:8.0f}   chain {parts['chain']:8.0f}   nodes {len(per_node)}")
+    for op, us in by_op.most_common(12):
+        log(f"  {op:<22}{us:8.0f}")
+    return {**parts, **dict(by_op)}
+
+
 def format_table(report: dict) -> str:
     cols = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "chunks", "speedup_p50_vs_naive")
     head = f"{'backend':<8}" + "".join(f"{c:>22}" for c in cols)
@@ -120,6 +176,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--rounds", type=int, default=5, help="timed chunks are split into this many interleaved rounds")
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     ap.add_argument("--json", action="store_true", help="print only the JSON line (progress goes to stderr)")
+    ap.add_argument("--profile", action="store_true", help="first print ONNX Runtime's per-operator time breakdown")
     args = ap.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -129,6 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     def log(msg: str) -> None:
         print(msg, file=sys.stderr if args.json else sys.stdout, flush=True)
 
+    if args.profile:
+        profile_onnx(args.policy, max(args.chunks // 5, 20), log=log)
     report = run(args.policy, backends, args.chunks, args.warmup, args.rounds, log=log)
     if not args.json:
         print(format_table(report))
