@@ -143,6 +143,9 @@ class RobosuiteSim:
             from robosuite.utils.binding_utils import MjRenderContextOffscreen
 
             self._video_context = MjRenderContextOffscreen(sim, device_id=-1)
+            # As robosuite configures its own renderer: visual meshes only, no collision geometry.
+            self._video_context.vopt.geomgroup[0] = 1 if getattr(self.env, "render_collision_mesh", False) else 0
+            self._video_context.vopt.geomgroup[1] = 1 if getattr(self.env, "render_visual_mesh", True) else 0
         frame = np.asarray(sim.render(camera_name=camera, width=size, height=size))
         return np.ascontiguousarray(frame[::-1] if images_are_upside_down() else frame)
 

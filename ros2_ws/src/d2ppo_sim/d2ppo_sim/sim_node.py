@@ -8,7 +8,7 @@ Parameters:
   task (str)              used when no policy is given (cameras from camera_names, image_size)
   camera_names (str[]), image_size (int), act_steps (int)   only without a policy
   episodes (int)          0 = run until stopped; otherwise exit after that many (results in results_path)
-  seed (int), horizon (int, control ticks)
+  seed (int), horizon (int, control ticks; 0 = the task's evaluation horizon, as d2ppo.evaluate uses)
   replan (str)            "chunk" | "tick": must match the inference node's (when to wait for a chunk)
   video_path (str), video_episodes (int), video_camera (str), video_size (int)
   results_path (str)      JSON summary written after every episode
@@ -62,7 +62,7 @@ class SimNode(Node):
         declare("act_steps", 4)
         declare("episodes", 0)
         declare("seed", 0)
-        declare("horizon", 300)
+        declare("horizon", 0)
         declare("replan", "chunk")
         declare("video_path", "")
         declare("video_episodes", 1)
@@ -96,16 +96,19 @@ class SimNode(Node):
         self.video_path, self.video_episodes = p("video_path"), int(p("video_episodes"))
         self.video_camera, self.video_size = p("video_camera"), int(p("video_size"))
 
+        from d2ppo.evaluate import DEFAULT_HORIZON
+
+        horizon = int(p("horizon")) or DEFAULT_HORIZON.get(task.task, 400)
         self.get_logger().info(
             f"building {task.task} (cameras {list(task.camera_names)}, {task.image_size}px, "
-            f"render {task.render_profile}), seed {p('seed')}"
+            f"render {task.render_profile}), seed {p('seed')}, horizon {horizon}"
         )
         sim = RobosuiteSim(task, seed=int(p("seed")))
         self.lock = LockstepSim(
             sim,
             ChunkExecutor(SafetyEnvelope(limits), sim.period),
             replan_every=act_steps if p("replan") == "chunk" else 1,
-            horizon=int(p("horizon")),
+            horizon=horizon,
         )
         self.camera_names = task.camera_names
         self.chunks_rejected = 0
