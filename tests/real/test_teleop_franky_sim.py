@@ -141,7 +141,7 @@ def test_teleop_chunks_move_the_arm_through_the_controller_and_are_recorded(fran
             pytest.xfail(f"arm did not come to rest after teleop stopped (controller/franky-sim): poses/spread "
                          f"over the last second {recent_motion(1.0)}, ee {np.round(poses[-1][1], 4)}")
         assert np.linalg.norm(p_after - p_rest) < 2e-3, "no input: the arm must not move (deadman)"
-        # Direction exact; distance 72-100 % of the commanded 2.5 mm steps in 10 runs here (the franka node's
+        # Direction exact; distance 72-103 % of the commanded 2.5 mm steps in 12 runs here (the franka node's
         # tracking under load; its own tests bound travel structurally too).
         assert 0.5 * n_sent * 0.0025 < d[0] < 1.25 * n_sent * 0.0025, "the arm moves along +x by about the steps sent"
         assert abs(d[1]) < 0.005 and abs(d[2]) < 0.005
