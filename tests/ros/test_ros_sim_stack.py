@@ -20,11 +20,11 @@ pytestmark = [pytest.mark.ros, pytest.mark.slow]
 EPISODES, HORIZON = 2, 6
 
 
-def runner_argv(policy: Path, out: Path, episodes: int, seed: int = 0) -> list[str]:
+def runner_argv(policy: Path, out: Path, episodes: int, seed: int = 0, namespace: str = "") -> list[str]:
     return [
         sys.executable, "-m", "d2ppo_bringup.run", "sim", "--policy", str(policy), "--episodes", str(episodes),
         "--horizon", str(HORIZON), "--seed", str(seed), "--results", str(out / "results.json"),
-        "--video", str(out / "episode.mp4"), "--grace", "5",
+        "--video", str(out / "episode.mp4"), "--grace", "5", "--namespace", namespace,
     ]  # fmt: skip
 
 
@@ -94,13 +94,15 @@ def run_graph(ros_env, tmp_path):
         r.kill()
 
 
-def run_episodes(run_graph, policy: Path, out: Path, test_node=None, seed: int = 0):
+def run_episodes(run_graph, policy: Path, out: Path, test_node=None, seed: int = 0, namespace: str = ""):
     """Run the sim graph for EPISODES episodes; returns (runner, results, /sim/success values)."""
-    runner, successes = start_episodes(run_graph, policy, out, test_node, seed)
+    runner, successes = start_episodes(run_graph, policy, out, test_node, seed, namespace=namespace)
     return finish_episodes(runner, out, test_node, successes)
 
 
-def start_episodes(run_graph, policy: Path, out: Path, test_node=None, seed: int = 0, env: dict | None = None):
+def start_episodes(
+    run_graph, policy: Path, out: Path, test_node=None, seed: int = 0, env: dict | None = None, namespace: str = ""
+):
     out.mkdir(parents=True, exist_ok=True)
     successes: list[bool] = []
     if test_node is not None:
@@ -108,8 +110,9 @@ def start_episodes(run_graph, policy: Path, out: Path, test_node=None, seed: int
         from std_msgs.msg import Bool
 
         qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
-        test_node.create_subscription(Bool, "sim/success", lambda m: successes.append(m.data), qos)
-    runner = run_graph(runner_argv(policy, out, EPISODES, seed), name=out.name, env=env)
+        topic = f"/{namespace}/sim/success" if namespace else "/sim/success"
+        test_node.create_subscription(Bool, topic, lambda m: successes.append(m.data), qos)
+    runner = run_graph(runner_argv(policy, out, EPISODES, seed, namespace), name=out.name, env=env)
     return runner, successes
 
 
@@ -129,7 +132,8 @@ def finish_episodes(runner, out: Path, test_node, successes: list[bool]):
 
 @pytest.mark.timeout(240)
 def test_sim_and_inference_complete_episodes_and_publish_success(run_graph, test_node, tiny_policy, tmp_path):
-    runner, results, successes = run_episodes(run_graph, tiny_policy, tmp_path / "run", test_node)
+    # In a namespace: every node's topics move together (only /clock and /diagnostics stay global).
+    runner, results, successes = run_episodes(run_graph, tiny_policy, tmp_path / "run", test_node, namespace="cell1")
     output = runner.output()
     assert results["episodes"] == EPISODES
     assert len(successes) == EPISODES, f"/sim/success messages: {successes}"
