@@ -51,7 +51,8 @@ def example_obs(package, seed: int = 0) -> dict[str, np.ndarray]:
     return obs
 
 
-def summarize(times_s: list[float]) -> dict[str, float]:
+def summarize(times_s: list[float], cpu_s: float) -> dict[str, float]:
+    """Wall-clock percentiles of the chunk calls, and the process CPU time per chunk (all threads, spinning too)."""
     ms = np.asarray(times_s) * 1e3
     return {
         "p50_ms": round(float(np.percentile(ms, 50)), 3),
@@ -59,6 +60,7 @@ def summarize(times_s: list[float]) -> dict[str, float]:
         "p99_ms": round(float(np.percentile(ms, 99)), 3),
         "mean_ms": round(float(ms.mean()), 3),
         "max_ms": round(float(ms.max()), 3),
+        "cpu_ms_mean": round(cpu_s * 1e3 / ms.size, 3),
         "chunks": int(ms.size),
     }
 
@@ -84,6 +86,7 @@ def run(policy: str | None, backends: list[str], chunks: int, warmup: int, round
                 sampler(obs)
             log(f"warm-up {name}: {warmup} chunks in {time.perf_counter() - t0:.1f} s")
         times: dict[str, list[float]] = {name: [] for name in samplers}
+        cpu = dict.fromkeys(samplers, 0.0)
         rounds = max(1, min(rounds, chunks))
         for r in range(rounds):
             n = chunks // rounds + (1 if r < chunks % rounds else 0)
@@ -91,12 +94,14 @@ def run(policy: str | None, backends: list[str], chunks: int, warmup: int, round
                 for _ in range(REWARM_CALLS):
                     sampler(obs)
                 block = times[name]
+                c0 = time.process_time()
                 for _ in range(n):
                     t0 = time.perf_counter()
                     sampler(obs)
                     block.append(time.perf_counter() - t0)
+                cpu[name] += time.process_time() - c0
         steps = package.cfg.sample_steps
-        result = {name: summarize(t) for name, t in times.items()}
+        result = {name: summarize(t, cpu[name]) for name, t in times.items()}
     if "naive" in result:
         for stats in result.values():
             stats["speedup_p50_vs_naive"] = round(result["naive"]["p50_ms"] / stats["p50_ms"], 2)
@@ -160,11 +165,14 @@ def profile_onnx(policy: str | None, chunks: int, log=print) -> dict[str, float]
 
 
 def format_table(report: dict) -> str:
-    cols = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "chunks", "speedup_p50_vs_naive")
-    head = f"{'backend':<8}" + "".join(f"{c:>22}" for c in cols)
-    lines = [f"batch-1 chunk of {report['steps']} DDIM steps, {report['threads']} threads", head]
+    cols = ("p50_ms", "p90_ms", "p99_ms", "mean_ms", "max_ms", "cpu_ms_mean", "chunks", "speedup_p50_vs_naive")
+    widths = [max(13, len(c) + 2) for c in cols]
+    head = f"{'backend':<8}" + "".join(f"{c:>{w}}" for c, w in zip(cols, widths))
+    load = ", ".join(f"{v:.1f}" for v in os.getloadavg())
+    title = f"batch-1 chunk of {report['steps']} DDIM steps, {report['threads']} threads (load average now {load})"
+    lines = [title, head]
     for name, stats in report["backends"].items():
-        lines.append(f"{name:<8}" + "".join(f"{stats.get(c, ''):>22}" for c in cols))
+        lines.append(f"{name:<8}" + "".join(f"{stats.get(c, ''):>{w}}" for c, w in zip(cols, widths)))
     return "\n".join(lines)
 
 
