@@ -162,14 +162,42 @@ def test_same_seed_gives_the_same_episodes(run_graph, ros_env, tiny_policy, tmp_
     assert fingerprint(first) == fingerprint(second)
 
 
-@pytest.mark.timeout(120)
-def test_runner_stops_the_whole_graph_on_ctrl_c(run_graph, test_node, tiny_policy, tmp_path):
-    from rosgraph_msgs.msg import Clock
+def call(test_node, srv_type, name: str, request):
+    client = test_node.create_client(srv_type, name)
+    assert client.wait_for_service(timeout_sec=10.0), name
+    future = client.call_async(request)
+    assert test_node.spin_until(future.done, 10.0), name
+    return future.result()
 
-    clocks = []
+
+@pytest.mark.timeout(120)
+def test_sim_services_work_and_ctrl_c_stops_the_whole_graph(run_graph, test_node, tiny_policy, tmp_path):
+    """/sim/reset ends the episode (with /sim/success), /controller/enable false holds; one graph start for both."""
+    from diagnostic_msgs.msg import DiagnosticArray
+    from rosgraph_msgs.msg import Clock
+    from std_msgs.msg import Bool
+    from std_srvs.srv import SetBool, Trigger
+
+    clocks, successes, sim_status = [], [], []
     test_node.create_subscription(Clock, "/clock", clocks.append, 10)
-    runner = run_graph(runner_argv(tiny_policy, tmp_path, episodes=0))  # runs until stopped
+    test_node.create_subscription(Bool, "/sim/success", successes.append, 10)
+    test_node.create_subscription(
+        DiagnosticArray, "/diagnostics", lambda m: sim_status.extend(s for s in m.status if "lockstep" in s.name), 10
+    )
+    argv = runner_argv(tiny_policy, tmp_path, episodes=0)  # runs until stopped
+    argv[argv.index("--horizon") + 1] = "100000"  # episodes end only by /sim/reset
+    runner = run_graph(argv)
     assert test_node.spin_until(lambda: len(clocks) > 5, 90.0), "sim never published /clock:\n" + runner.output()
+
+    assert call(test_node, Trigger, "/sim/reset", Trigger.Request()).success
+    assert test_node.spin_until(lambda: successes, 10.0), "no /sim/success after /sim/reset"
+
+    assert call(test_node, SetBool, "/controller/enable", SetBool.Request(data=False)).success
+    sim_status.clear()
+    values = lambda: {kv.key: kv.value for kv in sim_status[-1].values}  # noqa: E731
+    assert test_node.spin_until(lambda: sim_status and values()["controller_enabled"] == "False", 10.0)
+    assert call(test_node, SetBool, "/controller/enable", SetBool.Request(data=True)).success
+
     pids = child_pids(runner.output())
     assert set(pids) == {"sim", "inference"}
     runner.proc.send_signal(signal.SIGINT)

@@ -226,6 +226,10 @@ class SimNode(Node):
                         throttle_duration_sec=5.0,
                     )
                 started = started or not lock.chunk_due()
+            elif not lock.enabled:
+                # Controller disabled: the arm holds while time runs, as on the robot; pace it at real
+                # time instead of spinning through the episode at full CPU.
+                self._ros_executor.spin_once(timeout_sec=lock.period)
             else:
                 self._spin_some()
             lock.step()
