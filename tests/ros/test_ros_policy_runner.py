@@ -174,3 +174,41 @@ def test_inline_policy_path_stays_a_string(tmp_path):
         node.destroy_node()
     finally:
         rclpy.shutdown(context=context)
+
+
+@pytest.mark.timeout(120)
+def test_sim_messages_rebuild_exactly_the_training_observation(policy):
+    """robosuite obs -> the sim node's messages -> the inference node's raw observation gives the policy the
+    same input as the training/evaluation path (robosuite obs -> raw_obs), frames and fingers included."""
+    from d2ppo_inference.policy_runner import LatestObservations
+    from d2ppo_inference.robot_state import finger_positions
+    from d2ppo_inference.ros_messages import ee_pose_from_msg, ee_pose_msg, image_msg, image_to_array, joint_state_msg
+    from d2ppo_sim.robosuite_sim import RobosuiteSim, SimTask
+
+    sim = RobosuiteSim(SimTask(camera_names=("agentview",), image_size=32), seed=3)
+    try:
+        sim.reset()
+        rng = np.random.default_rng(0)
+        for _ in range(5):
+            sim.step(np.concatenate([rng.uniform(-0.5, 0.5, 6), [1.0]]))  # move and close the gripper
+        obs = sim.observation()
+        assert np.linalg.norm(obs.ee_pos - obs.raw["robot0_eef_pos"]) > 0.5  # base frame != world frame
+        image, joints, pose = (
+            image_msg(obs.images["agentview"], 2.0, "agentview_color_optical_frame"),
+            joint_state_msg(obs.arm_positions, obs.fingers, 2.0, obs.arm_velocities),
+            ee_pose_msg(obs.ee_pos, obs.ee_quat, 2.0),
+        )
+        assert joints.position[7] > 0 and joints.position[8] > 0  # both fingers positive, like franka_ros2
+        latest = LatestObservations(("agentview",))
+        latest.set_image("agentview", 2.0, image_to_array(image))
+        latest.set_fingers(2.0, *finger_positions(joints.name, joints.position))
+        latest.set_ee_pose(2.0, *ee_pose_from_msg(pose))
+        # The policy card stores the training world's base position (d2ppo.train writes it).
+        via_ros = latest.raw(BasePose(pos=sim.base.pos))
+
+        direct = policy.obs_builder()(obs.raw)
+        deployed = policy.obs_builder()(via_ros)
+        np.testing.assert_array_equal(deployed["rgb"], direct["rgb"])
+        np.testing.assert_allclose(deployed["state"], direct["state"], atol=1e-6)
+    finally:
+        sim.close()
