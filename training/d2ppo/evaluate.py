@@ -26,7 +26,7 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
     """Run some episodes in one process; returns one record per episode (worker entry point)."""
     import torch
 
-    from d2ppo.envs.robosuite_env import is_success, make_env, raw_obs
+    from d2ppo.envs.robosuite_env import is_success, make_env, raw_obs, render_frame
     from d2ppo.package import load_policy
 
     torch.set_num_threads(threads)
@@ -35,10 +35,6 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
     horizon = horizon or DEFAULT_HORIZON.get(pkg.task, 400)
     env = make_env(pkg.env_args, seed=seed, render_profile=pkg.render_profile, camera_names=cams,
                    image_size=pkg.spec.image_size, horizon=horizon + 10)
-    if video_ids and getattr(env.sim, "_render_context_offscreen", None) is None:
-        from robosuite.utils.binding_utils import MjRenderContextOffscreen
-
-        MjRenderContextOffscreen(env.sim, device_id=-1)  # low-dim envs have no renderer; videos need one
     builder, sampler = pkg.obs_builder(), pkg.sampler(backend)
     rng = np.random.default_rng(seed)
     records = []
@@ -53,7 +49,7 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
                     obs, _, _, _ = env.step(action)
                     steps += 1
                     if ep in video_ids:
-                        frames.append(env.sim.render(camera_name="agentview", width=256, height=256)[::-1])
+                        frames.append(render_frame(env, "agentview", 256))
                     if is_success(env):
                         success = True
                         break

@@ -281,3 +281,20 @@ if __name__ == "__main__":
     for _profile in RENDER_PROFILES:
         _rate = benchmark_steps_per_second(_task, ("agentview", "robot0_eye_in_hand"), 96, _profile, _steps)
         print(f"{_task} 2 cameras 96x96, render profile {_profile!r}: {_rate:.1f} steps/s")
+
+
+def render_frame(env, camera: str = "agentview", size: int = 256) -> np.ndarray:
+    """An upright uint8 [size, size, 3] frame for videos, independent of the policy's cameras.
+
+    A low-dim env has no offscreen renderer; one is added on first use, configured as robosuite configures
+    its own (visual meshes only, no collision geometry).
+    """
+    sim = env.sim
+    if getattr(sim, "_render_context_offscreen", None) is None:
+        from robosuite.utils.binding_utils import MjRenderContextOffscreen
+
+        ctx = MjRenderContextOffscreen(sim, device_id=-1)
+        ctx.vopt.geomgroup[0] = 1 if getattr(env, "render_collision_mesh", False) else 0
+        ctx.vopt.geomgroup[1] = 1 if getattr(env, "render_visual_mesh", True) else 0
+    frame = np.asarray(sim.render(camera_name=camera, width=size, height=size))
+    return np.ascontiguousarray(frame[::-1] if images_are_upside_down() else frame)

@@ -97,7 +97,6 @@ class RobosuiteSim:
         self.base = BasePose(pos=np.array(robot.base_pos, dtype=np.float64), quat=_mat_to_quat_xyzw(robot.base_ori))
         self._robot = robot
         self._raw: dict[str, np.ndarray] = {}
-        self._video_context = None
 
     def reset(self) -> None:
         """New episode (soft reset: same model and GL context, 10-100x faster than a hard reset)."""
@@ -135,19 +134,9 @@ class RobosuiteSim:
 
     def render(self, camera: str = "agentview", size: int = 256) -> np.ndarray:
         """An upright uint8 [size, size, 3] frame for videos, independent of the policy's cameras."""
-        from d2ppo.envs.robosuite_env import images_are_upside_down
+        from d2ppo.envs.robosuite_env import render_frame
 
-        sim = self.env.sim
-        if getattr(sim, "_render_context_offscreen", None) is None:
-            # A low-dim policy's env has no offscreen renderer; add one only when a video asks for it.
-            from robosuite.utils.binding_utils import MjRenderContextOffscreen
-
-            self._video_context = MjRenderContextOffscreen(sim, device_id=-1)
-            # As robosuite configures its own renderer: visual meshes only, no collision geometry.
-            self._video_context.vopt.geomgroup[0] = 1 if getattr(self.env, "render_collision_mesh", False) else 0
-            self._video_context.vopt.geomgroup[1] = 1 if getattr(self.env, "render_visual_mesh", True) else 0
-        frame = np.asarray(sim.render(camera_name=camera, width=size, height=size))
-        return np.ascontiguousarray(frame[::-1] if images_are_upside_down() else frame)
+        return render_frame(self.env, camera, size)
 
     def close(self) -> None:
         self.env.close()
