@@ -84,11 +84,40 @@ class LoggedProcess:
         self._log.close()
 
 
-def start_franky_sim(host: str, log_dir: Path) -> LoggedProcess:
+SLOW_FRANKY_SIM_LAUNCHER = """
+import sys
+import franky_sim
+from franky_sim.mujoco_simulator import MujocoSimulator
+host, slowdown = sys.argv[1], float(sys.argv[2])
+with MujocoSimulator(enable_visualization=False) as sim:
+    robot = sim.add_robot()
+    with franky_sim.SimulationServer(sim, hostname_candidates=[host]) as server:
+        print(f"Connect to the server using '{robot.hostname}' as the robot IP address", flush=True)
+        try:
+            server.run_forever(realtime=slowdown)  # each 1 ms step takes at least slowdown ms of wall time
+        except KeyboardInterrupt:
+            pass
+"""
+
+
+def start_franky_sim(host: str, log_dir: Path, slowdown: float | None = None) -> LoggedProcess:
+    """franky-sim (MuJoCo) serving on ``host``.
+
+    Args:
+        slowdown: run the simulation at most ``1 / slowdown`` of real time (franky-sim's own pacing, via
+            ``SimulationServer.run_forever(realtime=slowdown)``), i.e. as slow as it gets on a heavily loaded
+            machine, deterministically. None: the ``franky-sim`` CLI (real time, or less when loaded).
+    """
     exe = FRANKY_SIM_VENV / "bin" / "franky-sim"
     if not exe.exists():
         raise FileNotFoundError(f"{exe} missing: run scripts/setup_franky_sim.sh")
-    sim = LoggedProcess([str(exe), "-s", "mujoco", "--hostname", host], log_dir / f"franky-sim-{host}.log")
+    if slowdown is None:
+        cmd = [str(exe), "-s", "mujoco", "--hostname", host]
+    else:
+        launcher = log_dir / "launch_slow_franky_sim.py"
+        launcher.write_text(SLOW_FRANKY_SIM_LAUNCHER)
+        cmd = [str(FRANKY_SIM_VENV / "bin" / "python"), str(launcher), host, str(float(slowdown))]
+    sim = LoggedProcess(cmd, log_dir / f"franky-sim-{host}.log")
     try:
         sim.wait_for_output("Connect to the server", 60.0)
     except BaseException:
@@ -187,6 +216,7 @@ class RosProbe:
             else:
                 os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = saved
         self.chunk_pub = self.node.create_publisher(JointTrajectory, "policy/action_chunk", 10)
+        self.last_chunk_end = -np.inf  # time.time() at which the last published action is due
         self.poses: list[tuple[float, np.ndarray]] = []  # (receive time.time(), xyz)
         self.joint_msgs: list[tuple[float, object]] = []
         self.diags: list[tuple[float, dict[str, str], int, str]] = []
@@ -268,10 +298,22 @@ class RosProbe:
             if not cli.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {cli.srv_name} not available")
 
-    def wait_still(self, tol: float = 2e-4, window: float = 0.3, timeout: float = 10.0) -> np.ndarray:
-        """Wait until the EE moved less than ``tol`` m over ``window`` s; returns the pose."""
+    def wait_still(
+        self, tol: float = 2e-4, window: float = 0.3, timeout: float = 10.0, keepalive: bool = False
+    ) -> np.ndarray:
+        """Wait until the EE moved less than ``tol`` m over ``window`` s; returns the pose.
+
+        keepalive: meanwhile publish a zero-motion one-action chunk (gripper 0: keep its state) every 0.2 s,
+        starting once the last published chunk's actions are all due — a policy asking to stay. Without
+        chunks the watchdog (0.5 s) would brake an arm that is still on its way to the last target.
+        """
+        last_keepalive = -np.inf
 
         def still() -> bool:
+            nonlocal last_keepalive
+            now = time.time()
+            if keepalive and now > self.last_chunk_end + 0.05 and now - last_keepalive >= 0.2:
+                last_keepalive = self.publish_chunk(np.zeros((1, 7)))
             recent = self.poses_since(time.time() - window)
             if len(recent) < 5:
                 return False
@@ -287,7 +329,9 @@ class RosProbe:
         from d2ppo_control.ros_conversions import chunk_to_msg
 
         stamp = time.time() if stamp is None else stamp
-        self.chunk_pub.publish(chunk_to_msg(ActionChunk(stamp=stamp, period=period, actions=np.asarray(actions))))
+        chunk = ActionChunk(stamp=stamp, period=period, actions=np.asarray(actions))
+        self.chunk_pub.publish(chunk_to_msg(chunk))
+        self.last_chunk_end = max(self.last_chunk_end, chunk.end_time)
         return stamp
 
     def _call(self, client, request, timeout: float = 10.0):

@@ -120,3 +120,32 @@ def test_shipped_franka_yaml_documents_the_node_defaults():
     for f in dataclasses.fields(ControllerConfig):
         expected[f.name] = list(f.default) if isinstance(f.default, tuple) else f.default
     assert params == expected
+
+
+def test_reference_is_the_target_while_the_arm_is_within_the_lead():
+    from d2ppo_franka.controller import lead_limited_reference
+
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    pos, quat = lead_limited_reference(np.array([0.52, 0.0, 0.4]), q, np.array([0.5, 0.0, 0.4]), q, 0.03, 0.5)
+    np.testing.assert_allclose(pos, [0.52, 0.0, 0.4])
+    np.testing.assert_allclose(quat, q)
+
+
+def test_reference_beyond_the_lead_is_pulled_back_along_the_way_to_the_target():
+    from d2ppo_control.osc import axis_angle_to_quat, quat_multiply
+    from d2ppo_franka.controller import lead_limited_reference
+
+    ee_q = np.array([1.0, 0.0, 0.0, 0.0])
+    target_q = quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.8]), ee_q)  # 0.8 rad about base z ahead
+    pos, quat = lead_limited_reference(np.array([0.6, 0.08, 0.4]), target_q, np.array([0.5, 0.0, 0.4]), ee_q,
+                                       0.03, 0.5)
+    np.testing.assert_allclose(pos, [0.5 + 0.03 * 0.1 / np.hypot(0.1, 0.08), 0.03 * 0.08 / np.hypot(0.1, 0.08), 0.4])
+    np.testing.assert_allclose(np.abs(quat), np.abs(quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.5]), ee_q)),
+                               atol=1e-12)
+
+
+def test_watchdog_action_must_be_brake_or_settle():
+    assert ControllerConfig().watchdog_action == "brake"  # the safe default
+    ControllerConfig(watchdog_action="settle")
+    with pytest.raises(ValueError, match="watchdog_action"):
+        ControllerConfig(watchdog_action="coast")

@@ -34,7 +34,10 @@ PERIOD = 0.05
 WORKSPACE_MIN = [0.35, -0.3, 0.3]
 WORKSPACE_MAX = [0.75, 0.3, 0.56]
 START_JOINTS = [0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785]
-MAX_TRACKING_LEAD = 0.1  # launch/franka.yaml default
+MAX_TRACKING_LEAD = 0.03  # launch/franka.yaml default
+WATCHDOG_TIMEOUT = 0.5  # launch/safety.yaml default
+#: m: how far the arm may travel once the watchdog deadline passed (watchdog_action: brake, the default).
+MAX_TRAVEL_AFTER_WATCHDOG = 0.03
 
 
 @dataclass
@@ -91,9 +94,14 @@ def probe(rig) -> RosProbe:
 
 
 def settle(probe: RosProbe, min_wait: float = 0.4) -> np.ndarray:
-    """Wait for a motion to start and finish; returns the final EE position."""
+    """Wait for a motion to start and finish; returns the final EE position.
+
+    Zero-motion chunks keep the watchdog fed meanwhile (see RosProbe.wait_still): with the default
+    ``watchdog_action: brake`` a single chunk followed by silence is braked 0.5 s after it arrived, which in
+    the slow sim can be before the arm reached the chunk's last target.
+    """
     time.sleep(min_wait)
-    return probe.wait_still(timeout=10.0)
+    return probe.wait_still(timeout=10.0, keepalive=True)
 
 
 def counters_after(probe: RosProbe, *keys: str) -> dict[str, float]:
@@ -101,14 +109,26 @@ def counters_after(probe: RosProbe, *keys: str) -> dict[str, float]:
     return {k: float(d[k]) for k in keys}
 
 
-def go_to(probe: RosProbe, target: np.ndarray) -> None:
-    """Drive the EE back near ``target`` with in-limit chunks (0.025 m per step)."""
-    delta = target - probe.pose()
-    n = int(np.ceil(np.abs(delta).max() / 0.025))
-    if n == 0:
-        return
-    probe.publish_chunk(np.tile(np.concatenate([delta / n / 0.05, [0, 0, 0, -1]]), (n, 1)))
-    settle(probe)
+def go_to(probe: RosProbe, target: np.ndarray, tol: float = 0.002) -> None:
+    """Drive the EE back near ``target`` with one in-limit step (<= 0.025 m) at a time, waiting for arrival
+    after each: a longer chunk would be cut at max_tracking_lead when the slow sim lags."""
+    for _ in range(12):
+        delta = target - probe.pose()
+        dist = float(np.linalg.norm(delta))
+        if dist < tol:
+            return
+        step = delta * min(1.0, 0.024 / dist)
+        probe.publish_chunk(np.concatenate([step / 0.05, [0, 0, 0, -1]])[None])
+        settle(probe, 0.2)
+
+
+def max_travel_since(probe: RosProbe, t: float) -> tuple[float, np.ndarray]:
+    """(largest distance in m from the pose at time ``t`` (time.time()) reached since then, that pose)."""
+    with probe._lock:
+        before = [p for ts, p in probe.poses if ts <= t]
+        after = [p for ts, p in probe.poses if ts > t]
+    start = before[-1] if before else after[0]
+    return max((float(np.linalg.norm(p - start)) for p in after), default=0.0), start
 
 
 def test_publishes_joint_states_and_ee_pose_at_30_hz_or_more(probe):
@@ -125,19 +145,45 @@ def test_publishes_joint_states_and_ee_pose_at_30_hz_or_more(probe):
 
 
 def test_chunk_moves_arm_by_the_commanded_displacement(probe):
+    # 4 steps of 0.15 * 0.05 m along +x: 0.03 m in all, within max_tracking_lead, so every step adds up in
+    # full however far the slow sim lags behind the chunk.
     p0 = probe.pose()
-    probe.publish_chunk(actions(4, x=0.5))  # 4 steps of 0.5 * 0.05 m along +x
+    before = float(probe.fresh_diag()["motions_sent"])
+    probe.publish_chunk(actions(4, x=0.15))
     p1 = settle(probe)
     d = p1 - p0
     diag = probe.fresh_diag()
-    print(f"\n[displacement] +x 0.5 x 4 steps: expected [0.1, 0, 0] m, measured {np.round(d, 4)} m")
-    print({k: diag[k] for k in ("actions_executed", "actions_dropped_stale", "safety_clipped_velocity")})
-    assert d[0] == pytest.approx(0.1, abs=0.005)
-    assert np.abs(d[1:]).max() < 0.005
-    probe.publish_chunk(actions(4, x=-0.5))
+    print(f"\n[displacement] +x 0.15 x 4 steps: expected [0.03, 0, 0] m, measured {np.round(d, 4)} m")
+    print({k: diag[k] for k in ("actions_executed", "actions_dropped_stale", "motions_sent")})
+    assert d[0] == pytest.approx(0.03, abs=0.003)
+    assert np.abs(d[1:]).max() < 0.003
+    assert float(diag["motions_sent"]) == before + 4
+    probe.publish_chunk(actions(4, x=-0.15))
     d_back = settle(probe) - p1
-    print(f"[displacement] -x 0.5 x 4 steps: measured {np.round(d_back, 4)} m")
-    assert d_back[0] == pytest.approx(-0.1, abs=0.005)
+    print(f"[displacement] -x 0.15 x 4 steps: measured {np.round(d_back, 4)} m")
+    assert d_back[0] == pytest.approx(-0.03, abs=0.003)
+    # Full-scale steps, waiting for arrival after each: 4 x 0.025 m.
+    for _ in range(4):
+        probe.publish_chunk(actions(1, x=0.5))
+        settle(probe, 0.2)
+    d_steps = probe.pose() - p0
+    print(f"[displacement] +x 0.5, 4 one-step chunks: expected [0.1, 0, 0] m, measured {np.round(d_steps, 4)} m")
+    assert d_steps[0] == pytest.approx(0.1, abs=0.005)
+    assert np.abs(d_steps[1:]).max() < 0.005
+    go_to(probe, p0)
+
+
+def test_chunk_running_ahead_of_the_arm_is_cut_at_the_tracking_lead(probe):
+    # 4 x 0.025 m in 0.15 s: the sim cannot keep up. Steps 1-2 add up in full (the arm is at most one step
+    # behind when step 2 is applied); steps 3-4 start at most max_tracking_lead ahead of the arm. So the arm
+    # ends at least 0.025 + 0.03 = 0.055 m and at most 0.1 m away.
+    p0 = probe.pose()
+    probe.publish_chunk(actions(4, x=0.5))
+    d = settle(probe) - p0
+    print(f"\n[lead] +x 0.5 x 4 steps (0.1 m asked), max_tracking_lead {MAX_TRACKING_LEAD}: moved {np.round(d, 4)} m")
+    assert 0.025 + MAX_TRACKING_LEAD - 0.005 <= d[0] <= 0.1 + 0.005
+    assert np.abs(d[1:]).max() < 0.005
+    go_to(probe, p0)
 
 
 def test_rotation_action_turns_the_hand_about_the_base_z_axis(probe, rig):
@@ -211,15 +257,17 @@ def test_oversize_step_is_clipped_to_the_limits(probe):
     p0 = probe.pose()
     keys = ("safety_clipped_translation", "safety_clipped_velocity")
     before = counters_after(probe, *keys)
-    probe.publish_chunk(actions(4, x=1.0, y=1.0))  # 0.0707 m per step asked; limits 0.03 m, 0.5 m/s
+    # 0.0707 m per step asked; limits 0.03 m, 0.5 m/s. Two steps: the second still adds up in full (the arm
+    # is at most one clipped step behind, within max_tracking_lead).
+    probe.publish_chunk(actions(2, x=1.0, y=1.0))
     p1 = settle(probe)
     after = counters_after(probe, *keys)
     d = p1 - p0
-    print(f"\n[oversize] asked 4 x 0.0707 m diagonal, moved {np.round(d, 4)} m (|d| = {np.linalg.norm(d):.4f})")
-    assert np.linalg.norm(d) == pytest.approx(4 * 0.025, abs=0.006)  # velocity limit: 0.5 m/s * 0.05 s
-    assert d[0] == pytest.approx(d[1], abs=0.004)
+    print(f"\n[oversize] asked 2 x 0.0707 m diagonal, moved {np.round(d, 4)} m (|d| = {np.linalg.norm(d):.4f})")
+    assert np.linalg.norm(d) == pytest.approx(2 * 0.025, abs=0.004)  # velocity limit: 0.5 m/s * 0.05 s
+    assert d[0] == pytest.approx(d[1], abs=0.003)
     for k in keys:
-        assert after[k] == before[k] + 4
+        assert after[k] == before[k] + 2
     go_to(probe, p0)
 
 
@@ -247,24 +295,33 @@ def test_stale_chunk_is_dropped(probe):
 
 def test_watchdog_holds_within_two_control_periods_when_chunks_stop(probe):
     p0 = probe.pose()
-    before = counters_after(probe, "watchdog_trips")["watchdog_trips"]
+    before = counters_after(probe, "watchdog_trips", "watchdog_brakes")
     last = 0.0
     for _ in range(5):  # 1 s of chunks at 0.1 m/s along +y, then silence
         last = probe.publish_chunk(actions(4, y=0.1))
         time.sleep(0.2)
-    probe.wait_for(lambda: float(probe.latest_diag()["watchdog_trips"]) > before, 3.0, "watchdog trip")
+    probe.wait_for(lambda: float(probe.latest_diag()["watchdog_trips"]) > before["watchdog_trips"], 3.0,
+                   "watchdog trip")
     d = probe.latest_diag()
     latency = float(d["watchdog_hold_latency_s"])
     p_still = probe.wait_still()
     after_last = [p for t, p in probe.poses_since(last)]
     travel = float(np.linalg.norm(after_last[-1] - after_last[0]))
+    # The chunk reached the node after it was stamped, so the trip came after stamp + timeout: the travel
+    # measured from there includes the tripping delay.
+    after_trip, _ = max_travel_since(probe, last + WATCHDOG_TIMEOUT)
+    brakes = float(probe.fresh_diag()["watchdog_brakes"]) - before["watchdog_brakes"]
     print(
         f"\n[watchdog] hold issued {latency * 1000:.1f} ms after the 0.5 s timeout expired; "
-        f"travel after the last chunk {travel * 1000:.1f} mm"
+        f"travel after the last chunk {travel * 1000:.1f} mm, after the watchdog deadline at most "
+        f"{after_trip * 1000:.1f} mm; {brakes:.0f} brake"
     )
     assert 0.0 <= latency <= 2 * PERIOD
-    # The arm settles on the last accepted target, set at most lead + one step ahead of the arm; the
-    # chunk's remaining actions still run for up to 0.15 s after it arrived (~0.03 m of arm motion here).
+    assert brakes == 1
+    # The arm brakes where it was at the trip (watchdog_action: brake).
+    assert after_trip <= MAX_TRAVEL_AFTER_WATCHDOG
+    # Before the trip it runs towards the last accepted target, set at most lead + one step ahead of the
+    # arm; the chunk's remaining actions still run for up to 0.15 s after it arrived.
     assert travel <= MAX_TRACKING_LEAD + 0.005 + 0.03
     go_to(probe, p0)
     assert np.linalg.norm(p_still - p0) < 0.1
@@ -294,14 +351,19 @@ def test_inference_node_killed_mid_motion_leaves_the_arm_holding(probe, rig):
     after = [p for t, p in probe.poses_since(t_kill)]
     travel = float(np.linalg.norm(p_still - p_kill))
     moved_before_kill = float(np.linalg.norm(p_kill - p0))
+    # the streamer's last chunk was published before the kill: the watchdog deadline is at most
+    # t_kill + timeout; measuring from there includes any later trip.
+    after_trip, _ = max_travel_since(probe, t_kill + WATCHDOG_TIMEOUT)
     print(
         f"\n[killed publisher] moved {moved_before_kill * 1000:.0f} mm before the kill, "
         f"{travel * 1000:.1f} mm after it; max excursion after kill "
-        f"{max(np.linalg.norm(p - p_kill) for p in after) * 1000:.1f} mm; "
+        f"{max(np.linalg.norm(p - p_kill) for p in after) * 1000:.1f} mm, after the watchdog deadline "
+        f"{after_trip * 1000:.1f} mm; "
         f"watchdog_hold_latency {float(probe.latest_diag()['watchdog_hold_latency_s']) * 1000:.1f} ms; "
         f"still ~{still_at - t_kill:.2f} s after the kill (incl. 0.3 s stillness window)"
     )
     assert moved_before_kill > 0.02  # it really was moving
+    assert after_trip <= MAX_TRAVEL_AFTER_WATCHDOG  # braked where the watchdog tripped
     # the last accepted target is at most lead + one step ahead of where the arm was when it was set,
     # and the chunk in flight runs on for up to 0.15 s after the kill
     assert travel <= MAX_TRACKING_LEAD + 0.01 + 0.03

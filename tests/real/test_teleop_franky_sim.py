@@ -102,10 +102,18 @@ def test_teleop_chunks_move_the_arm_through_the_controller_and_are_recorded(fran
             return any(c.points[0].positions[0] > 0 for c in chunks) and chunks[-1].points[0].positions[0] == 0 \
                 and still_for(1.0)
 
-        # (franky-sim runs below real time and can stall on a loaded machine: judge rest over a full second.)
-        rested = test_node.spin_until(moved_and_rested, 30)
+        # The arm runs on to its last target (at most max_tracking_lead + one step ahead of it), then must stay
+        # put while hands-off (zero-motion) chunks keep coming. (franky-sim runs below real time and can stall
+        # on a loaded machine: judge rest over a full second.)
+        rested = test_node.spin_until(moved_and_rested, 15)
         p_rest = poses[-1][1]
-        test_node.spin_for(1.0)
+        t_rest = time.monotonic()
+        kept_before, sent_before = latest("controller", "targets_kept"), latest("controller", "motions_sent")
+        test_node.spin_for(3.0)
+        rest_window = np.array([p for t, p in poses if t >= t_rest])
+        creep = float(np.linalg.norm(rest_window - rest_window[0], axis=1).max())
+        kept = latest("controller", "targets_kept") - kept_before
+        sent = latest("controller", "motions_sent") - sent_before
         p_after = poses[-1][1]
         stop = test_node.call(Trigger, "/recorder/stop")
         assert stop.success, stop.message
@@ -133,14 +141,16 @@ def test_teleop_chunks_move_the_arm_through_the_controller_and_are_recorded(fran
 
         d = p_rest - p0
         print(f"\n[teleop -> franky-sim] +x teleop for 2 s: {n_sent} chunks of +2.5 mm sent ({int(moving.sum())} "
-              f"recorded), hand moved {np.round(d, 4)} m; then {np.linalg.norm(p_after - p_rest) * 1e3:.2f} mm in 1 s")
-        if not rested:
-            # Seen in ~1 of 5 runs on the loaded 2-core machine: with only zero-motion actions executed
-            # (counters above) the franky-sim arm kept creeping (~2 cm/s) for 30 s. Zero-motion chunks are
-            # asserted above; the creep is in the franka node / franky-sim, reported there.
-            pytest.xfail(f"arm did not come to rest after teleop stopped (controller/franky-sim): poses/spread "
-                         f"over the last second {recent_motion(1.0)}, ee {np.round(poses[-1][1], 4)}")
-        assert np.linalg.norm(p_after - p_rest) < 2e-3, "no input: the arm must not move (deadman)"
+              f"recorded), hand moved {np.round(d, 4)} m; then at most {creep * 1e3:.2f} mm over 3 s at rest "
+              f"({kept:.0f} zero actions kept the target, {sent:.0f} motions sent)")
+        # No creep (once seen in ~1 of 5 runs under load: the node re-sent its unchanged target every tick and
+        # franky restarted each motion from franky-sim's lagging velocity estimate, pumping the arm past its
+        # target; tests/franka/test_franka_node_zero_actions.py reproduces it on a slowed franky-sim).
+        assert rested, (f"arm did not come to rest after teleop stopped: poses/spread over the last second "
+                        f"{recent_motion(1.0)}, ee {np.round(poses[-1][1], 4)}")
+        assert creep < 2e-3, "no input: the arm must not move (deadman)"
+        assert sent == 0 and kept > 0, "zero-motion actions keep the target and start no motion"
+        assert np.linalg.norm(p_after - p_rest) < 2e-3
         # Direction exact; distance 72-103 % of the commanded 2.5 mm steps in 12 runs here (the franka node's
         # tracking under load; its own tests bound travel structurally too).
         assert 0.5 * n_sent * 0.0025 < d[0] < 1.25 * n_sent * 0.0025, "the arm moves along +x by about the steps sent"

@@ -7,19 +7,33 @@ Per control tick (:meth:`FrankaController.step`):
 3. ask the shared :class:`~d2ppo_control.executor.ChunkExecutor` (which runs the
    :class:`~d2ppo_control.safety.SafetyEnvelope`) for this tick's command;
 4. move: ``delta_to_target`` (robosuite OSC_POSE semantics) -> asynchronous absolute Cartesian motion;
-   gripper through a hysteresis latch. hold (nothing due, envelope rejection, watchdog): no new target —
-   the arm settles on, and holds, the last target the envelope accepted. Disable and stop act at once:
-   disable holds the pose measured now, stop calls franky's stop.
+   gripper through a hysteresis latch. A zero-motion action keeps the current target and sends nothing
+   (see below). hold (nothing due, envelope rejection): no new target — the arm settles on, and holds,
+   the last target the envelope accepted. Watchdog trip: by default (``watchdog_action: brake``) a hold at
+   the pose measured at the trip; ``settle`` lets the arm settle on the last accepted target instead.
+   Disable and stop act at once: disable holds the pose measured now, stop calls franky's stop.
 
-No command reaches the arm except through the executor, i.e. through the envelope.
+No command reaches the arm except through the executor, i.e. through the envelope; the only others are
+holds at the measured pose (disable, watchdog brake), franky's stop and the operator's home motion.
 
 **Reference pose.** robosuite applies each delta to the *achieved* pose, and its OSC lags the goal, so a
 constant action moves the sim arm at a steady speed. franky's motion generator instead runs each target to
 completion at bounded velocity (``relative_dynamics_factor``); applying deltas to the measured pose of a
 lagging arm would shrink every step. The controller therefore applies a delta to the previous *commanded*
-target while the arm tracks it within ``max_tracking_lead`` metres / ``max_tracking_lead_rot`` radians,
-otherwise to the measured pose. Every target still passes the envelope (workspace, step, velocity), and
-the lead bound caps how far the arm can be behind its latest checked target.
+target while the arm tracks it within ``max_tracking_lead`` metres / ``max_tracking_lead_rot`` radians;
+beyond that, to the target pulled back to that lead (:func:`lead_limited_reference`). Every target still
+passes the envelope (workspace, step, velocity), and the lead bound caps how far the arm can be behind its
+latest checked target (lead + one step), i.e. how far it travels on once actions stop.
+
+**Zero motion sends nothing.** A zero-motion action (translation and rotation components all 0: teleop
+with hands off, a policy asking to stay) keeps the current target, whatever the lead, and starts no new
+franky motion: the running motion already holds that target. Re-sending it is not harmless: franky starts
+every new motion from the robot's *reported* commanded velocity and acceleration (``O_dP_EE_c``,
+``O_ddP_EE_c``). franky-sim reports them as low-pass-filtered finite differences that lag the true
+command, so a motion re-issued every tick towards an unchanged target restarts from a stale, too-fast
+state each time; measured with franky-sim slowed 3-5x (as on a loaded machine) the arm was pumped past its
+fixed target by up to 10 cm and kept moving for as long as zero actions came (tests/franka,
+test_franka_node_zero_actions.py).
 """
 
 from __future__ import annotations
@@ -30,7 +44,13 @@ from dataclasses import dataclass
 import numpy as np
 from d2ppo_control.chunk import ActionChunk
 from d2ppo_control.executor import HOLD, ChunkExecutor, Command
-from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize
+from d2ppo_control.osc import (
+    axis_angle_to_quat,
+    delta_to_target,
+    quat_multiply,
+    quat_normalize,
+    quat_to_axis_angle,
+)
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 
 from d2ppo_franka.arm import ArmError, ArmState, ConnectionLost, ReflexError
@@ -41,6 +61,8 @@ DEFAULT_HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 HOME_TOLERANCE = 0.02
 #: s: a home motion that has not started moving by then (and is not home) counts as ended.
 HOME_START_GRACE = 1.0
+#: What the controller does when the executor's watchdog trips (ControllerConfig.watchdog_action).
+WATCHDOG_ACTIONS = ("brake", "settle")
 
 
 @dataclass
@@ -50,8 +72,13 @@ class ControllerConfig:
     control_rate_hz: float = 20.0
     #: seconds an action may be overdue and still run; <= 0 means one control period.
     late_tolerance: float = -1.0
-    max_tracking_lead: float = 0.1
+    #: m / rad a new target may be ahead of the measured pose and still be the reference of the next delta.
+    #: Also bounds how far the arm can travel on after the last action (lead + one step).
+    max_tracking_lead: float = 0.03
     max_tracking_lead_rot: float = 0.5
+    #: "brake": on a watchdog trip hold at the pose measured then (the arm comes to rest within its braking
+    #: distance); "settle": let the arm settle on the last accepted target (up to lead + one step away).
+    watchdog_action: str = "brake"
     gripper_close_threshold: float = 0.5
     gripper_open_threshold: float = -0.5
     home_joints: tuple[float, ...] = DEFAULT_HOME_JOINTS
@@ -72,6 +99,10 @@ class ControllerConfig:
             raise ValueError("gripper_open_threshold must be below gripper_close_threshold (hysteresis)")
         if len(self.home_joints) != 7:
             raise ValueError(f"home_joints needs 7 values, got {len(self.home_joints)}")
+        if self.watchdog_action not in WATCHDOG_ACTIONS:
+            raise ValueError(f"watchdog_action must be one of {WATCHDOG_ACTIONS}, got {self.watchdog_action!r}")
+        if not (self.max_tracking_lead >= 0.0 and self.max_tracking_lead_rot >= 0.0):
+            raise ValueError("max_tracking_lead and max_tracking_lead_rot must be >= 0")
 
 
 class GripperLatch:
@@ -92,11 +123,43 @@ class GripperLatch:
         return self.closed
 
 
-def _quat_angle(a: np.ndarray, b: np.ndarray) -> float:
-    """Angle (rad) of the rotation between two xyzw quaternions."""
-    a, b = quat_normalize(a), quat_normalize(b)
-    d = quat_multiply(b, np.array([-a[0], -a[1], -a[2], a[3]]))
-    return 2.0 * math.atan2(float(np.linalg.norm(d[:3])), abs(float(d[3])))
+def lead_limited_reference(
+    target_pos: np.ndarray,
+    target_quat: np.ndarray,
+    ee_pos: np.ndarray,
+    ee_quat: np.ndarray,
+    max_lead: float,
+    max_lead_rot: float,
+) -> tuple[np.ndarray, np.ndarray]:
+    """The pose the next delta is applied to: the last commanded target, pulled back along the way to it so
+    that it is at most ``max_lead`` metres / ``max_lead_rot`` radians from the measured pose.
+
+    While the arm tracks its target this is the target itself (a chunk's steps add up in full). When the arm
+    lags further, the next target lands at most lead + one step ahead of the arm. Pulling back along the way
+    (rather than restarting from the measured pose) keeps a steady stream of steps from throwing the target
+    behind the running motion, which would make franky brake in the middle of a move.
+
+    Args:
+        target_pos, ee_pos: ``[3]`` metres, base frame. target_quat, ee_quat: ``[4]`` xyzw.
+    Returns:
+        ``(pos [3], quat [4] xyzw)``.
+    """
+    ee_pos = np.asarray(ee_pos, dtype=np.float64)
+    lag = np.asarray(target_pos, dtype=np.float64) - ee_pos
+    dist = float(np.linalg.norm(lag))
+    pos = ee_pos + lag * (max_lead / dist) if dist > max_lead else np.asarray(target_pos, dtype=np.float64)
+    ee_quat = quat_normalize(ee_quat)
+    rot = quat_to_axis_angle(quat_multiply(quat_normalize(target_quat), _quat_conjugate(ee_quat)))
+    angle = float(np.linalg.norm(rot))
+    if angle > max_lead_rot:
+        quat = quat_normalize(quat_multiply(axis_angle_to_quat(rot * (max_lead_rot / angle)), ee_quat))
+    else:
+        quat = quat_normalize(target_quat)
+    return pos, quat
+
+
+def _quat_conjugate(q: np.ndarray) -> np.ndarray:
+    return np.array([-q[0], -q[1], -q[2], q[3]])
 
 
 @dataclass
@@ -110,6 +173,11 @@ class ControllerCounters:
     active_stops: int = 0
     gripper_commands: int = 0
     homes: int = 0
+    #: Cartesian motions sent to the arm for executed actions.
+    motions_sent: int = 0
+    #: executed zero-motion actions that kept the current target (no motion sent).
+    targets_kept: int = 0
+    watchdog_brakes: int = 0
 
 
 class FrankaController:
@@ -241,16 +309,23 @@ class FrankaController:
         trips = self.executor.counters["watchdog_trips"]
         cmd = self.executor.tick(now, ref_pos)
         self.last_command = cmd
-        if self.executor.counters["watchdog_trips"] != trips:
+        tripped = self.executor.counters["watchdog_trips"] != trips
+        if tripped:
             self.watchdog_hold_latency = now - (self._watchdog_deadline() or now)
         try:
+            if tripped and self.config.watchdog_action == "brake":
+                self._brake(self.state)
             if cmd.is_move:
-                target_pos, target_quat = delta_to_target(
-                    cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
-                )
-                self.arm.move_to(target_pos, target_quat)
-                self._target = (target_pos, target_quat)
-                self._stopped = False
+                if self._target is not None and not np.any(cmd.action[:6]):
+                    self.counters.targets_kept += 1  # zero motion: the running motion holds the target
+                else:
+                    target_pos, target_quat = delta_to_target(
+                        cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
+                    )
+                    self.arm.move_to(target_pos, target_quat)
+                    self.counters.motions_sent += 1
+                    self._target = (target_pos, target_quat)
+                    self._stopped = False
                 self.gripper.update(float(cmd.action[6]))
             self._service_gripper()
         except ReflexError as e:
@@ -271,14 +346,20 @@ class FrankaController:
         return None if last is None else last + self.limits.watchdog_timeout
 
     def _reference(self, state: ArmState) -> tuple[np.ndarray, np.ndarray]:
-        if self._target is not None:
-            pos, quat = self._target
-            if (
-                np.linalg.norm(pos - state.ee_pos) <= self.config.max_tracking_lead
-                and _quat_angle(quat, state.ee_quat) <= self.config.max_tracking_lead_rot
-            ):
-                return pos, quat
-        return state.ee_pos, state.ee_quat
+        if self._target is None:
+            return state.ee_pos, state.ee_quat
+        return lead_limited_reference(
+            *self._target, state.ee_pos, state.ee_quat, self.config.max_tracking_lead, self.config.max_tracking_lead_rot
+        )
+
+    def _brake(self, state: ArmState) -> None:
+        """Watchdog brake: hold at the pose measured now. franky's motion generator decelerates within its
+        dynamics limits (overshooting by its braking distance) and returns to this pose; the next chunk's
+        deltas apply to it."""
+        pos, quat = state.ee_pos.copy(), state.ee_quat.copy()
+        self.arm.move_to(pos, quat)
+        self._target = (pos, quat)
+        self.counters.watchdog_brakes += 1
 
     def _active_stop(self) -> None:
         """Hold still where the arm is now: a holding motion to the measured pose (stays in Cartesian
@@ -377,6 +458,10 @@ class FrankaController:
             active_stops=c.active_stops,
             gripper_commands=c.gripper_commands,
             homes=c.homes,
+            motions_sent=c.motions_sent,
+            targets_kept=c.targets_kept,
+            watchdog_brakes=c.watchdog_brakes,
+            watchdog_action=self.config.watchdog_action,
             connected=int(self.arm.connected),
             enabled=int(self.enabled),
             faulted=int(self.faulted),
