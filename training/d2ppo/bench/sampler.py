@@ -65,7 +65,9 @@ def summarize(times_s: list[float], cpu_s: float) -> dict[str, float]:
     }
 
 
-def run(policy: str | None, backends: list[str], chunks: int, warmup: int, rounds: int, log=print) -> dict:
+def run(
+    policy: str | None, backends: list[str], chunks: int, warmup: int, rounds: int, spin: bool = True, log=print
+) -> dict:
     threads = thread_count()
     import torch
 
@@ -78,7 +80,7 @@ def run(policy: str | None, backends: list[str], chunks: int, warmup: int, round
         obs = example_obs(package)
         samplers = {}
         for name in backends:
-            kw = {"threads": threads} if name == "onnx" else {}
+            kw = {"threads": threads, "spin": spin} if name == "onnx" else {}
             samplers[name] = package.sampler(name, **kw)
         for name, sampler in samplers.items():
             t0 = time.perf_counter()
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--backends", default=",".join(BACKENDS), help="comma-separated subset of " + ",".join(BACKENDS))
     ap.add_argument("--json", action="store_true", help="print only the JSON line (progress goes to stderr)")
     ap.add_argument("--profile", action="store_true", help="first print ONNX Runtime's per-operator time breakdown")
+    ap.add_argument("--no-spin", action="store_true", help="ONNX Runtime worker threads sleep instead of busy-waiting")
     args = ap.parse_args(argv)
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
     unknown = sorted(set(backends) - set(BACKENDS))
@@ -196,7 +199,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if args.profile:
         profile_onnx(args.policy, max(args.chunks // 5, 20), log=log)
-    report = run(args.policy, backends, args.chunks, args.warmup, args.rounds, log=log)
+    report = run(args.policy, backends, args.chunks, args.warmup, args.rounds, spin=not args.no_spin, log=log)
     if not args.json:
         print(format_table(report))
     print(json.dumps(report), flush=True)
