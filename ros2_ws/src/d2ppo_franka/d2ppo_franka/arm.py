@@ -38,7 +38,10 @@ class ConnectionLost(ArmError):
     """The network connection to the robot or gripper failed."""
 
 
-_REFLEX_TYPES = (franky.ControlException, franky.CommandException)
+#: franky's MotionPlannerException (Ruckig failed inside the control loop, e.g. "Motion planner failed with error
+#: code -111") has no Python binding and reaches Python as a plain RuntimeError from the next poll/move/join. Like a
+#: reflex it aborts the motion; left unhandled it killed the node once (teleop on franky-sim, 1 of 7 runs).
+_REFLEX_TYPES = (franky.ControlException, franky.CommandException, RuntimeError)
 _NETWORK_TYPES = (franky.NetworkException, franky.ProtocolException)
 
 
@@ -63,6 +66,8 @@ class ArmState:
 
 
 def _as_arm_error(e: BaseException) -> ArmError:
+    if isinstance(e, ArmError):
+        return e
     if isinstance(e, _NETWORK_TYPES):
         return ConnectionLost(f"{type(e).__name__}: {e}")
     return ReflexError(f"{type(e).__name__}: {e}")

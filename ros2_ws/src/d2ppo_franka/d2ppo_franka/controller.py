@@ -61,6 +61,11 @@ DEFAULT_HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
 HOME_TOLERANCE = 0.02
 #: s: a home motion that has not started moving by then (and is not home) counts as ended.
 HOME_START_GRACE = 1.0
+#: m / rad: an arm this close to its commanded target stands on it; a hold at the measured pose (watchdog
+#: brake, disable) is then not sent. A near-zero-length motion from rest is needless and is where franky's
+#: planner failed here once ("Motion planner failed with error code -111", 1 of 7 teleop runs).
+AT_TARGET_TOLERANCE = 1e-3
+AT_TARGET_TOLERANCE_ROT = 0.01
 #: What the controller does when the executor's watchdog trips (ControllerConfig.watchdog_action).
 WATCHDOG_ACTIONS = ("brake", "settle")
 
@@ -121,6 +126,13 @@ class GripperLatch:
         elif value < self.open_below:
             self.closed = False
         return self.closed
+
+
+def _quat_angle(a: np.ndarray, b: np.ndarray) -> float:
+    """Angle (rad) of the rotation between two xyzw quaternions."""
+    a, b = quat_normalize(a), quat_normalize(b)
+    d = quat_multiply(b, _quat_conjugate(a))
+    return 2.0 * math.atan2(float(np.linalg.norm(d[:3])), abs(float(d[3])))
 
 
 def lead_limited_reference(
@@ -316,8 +328,10 @@ class FrankaController:
             if tripped and self.config.watchdog_action == "brake":
                 self._brake(self.state)
             if cmd.is_move:
-                if self._target is not None and not np.any(cmd.action[:6]):
-                    self.counters.targets_kept += 1  # zero motion: the running motion holds the target
+                if not np.any(cmd.action[:6]):
+                    # zero motion: the running motion holds the target (without a target of ours the arm
+                    # holds where it is; a zero-length motion from rest is where franky's planner failed)
+                    self.counters.targets_kept += 1
                 else:
                     target_pos, target_quat = delta_to_target(
                         cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
@@ -352,10 +366,23 @@ class FrankaController:
             *self._target, state.ee_pos, state.ee_quat, self.config.max_tracking_lead, self.config.max_tracking_lead_rot
         )
 
+    def _at_target(self, state: ArmState) -> bool:
+        """Whether the arm stands on its commanded target (within AT_TARGET_TOLERANCE); False without one."""
+        if self._target is None:
+            return False
+        pos, quat = self._target
+        return (
+            float(np.linalg.norm(pos - state.ee_pos)) <= AT_TARGET_TOLERANCE
+            and _quat_angle(quat, state.ee_quat) <= AT_TARGET_TOLERANCE_ROT
+        )
+
     def _brake(self, state: ArmState) -> None:
         """Watchdog brake: hold at the pose measured now. franky's motion generator decelerates within its
         dynamics limits (overshooting by its braking distance) and returns to this pose; the next chunk's
-        deltas apply to it."""
+        deltas apply to it. Not sent when no target of ours is set (nothing of ours moves the arm) or the arm
+        already stands on it."""
+        if self._target is None or self._at_target(state):
+            return
         pos, quat = state.ee_pos.copy(), state.ee_quat.copy()
         self.arm.move_to(pos, quat)
         self._target = (pos, quat)
@@ -363,12 +390,13 @@ class FrankaController:
 
     def _active_stop(self) -> None:
         """Hold still where the arm is now: a holding motion to the measured pose (stays in Cartesian
-        control, no preemption error, no sag). Sent once per stop."""
+        control, no preemption error, no sag). Sent once per stop, unless the arm already stands on its
+        target (the running motion holds it there)."""
         if self._stopped or not self.arm.connected:
             return
         try:
             state = self.arm.read_state()
-            if state.in_motion:
+            if state.in_motion and not self._at_target(state):
                 self.arm.move_to(state.ee_pos, state.ee_quat)
         except ArmError:
             return  # the next tick's poll reports and handles it
