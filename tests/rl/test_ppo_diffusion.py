@@ -10,7 +10,7 @@ import torch
 from d2ppo.model import DiffusionPolicy, PolicyConfig
 from d2ppo.normalize import RangeNormalizer
 from d2ppo.obs import ObsSpec
-from d2ppo.rl.ppo_diffusion import DiffusionPPO, DiffusionPPOConfig, clip_schedule, denoising_discount
+from d2ppo.rl.ppo_diffusion import DiffusionPPO, DiffusionPPOConfig, clip_schedule, ddim_sigmas, denoising_discount
 from torch.distributions import Normal
 
 LOWDIM = ObsSpec(camera_names=(), lowdim_keys=("robot0_eef_pos", "robot0_eef_quat", "robot0_gripper_qpos", "object"),
@@ -79,16 +79,24 @@ def test_denoising_discount_gives_the_final_step_full_credit():
     assert torch.all(d[1:] > d[:-1])
 
 
-def test_deterministic_act_is_the_deployed_mean_chain():
+def test_deterministic_act_is_the_chain_the_fine_tuned_package_deploys():
     agent = make_agent()
     obs = random_obs(3)
-    torch.manual_seed(5)
     a, rec = agent.act(obs, deterministic=True)
-    x_K = torch.as_tensor(rec["chain"][:, 0])
+    deployed = DiffusionPolicy(LOWDIM, agent.deploy_config())  # what load_policy builds from the saved card
+    deployed.load_state_dict(agent.model.state_dict())
+    assert agent.deploy_config().ddim_eta == 0.0 and float(deployed.ddim_sigma.abs().max()) == 0.0
     noise = torch.zeros(3, 11, 4, 7)
-    noise[:, 0] = x_K
-    want = agent.model.sample({"state": torch.as_tensor(obs["state"])}, noise=noise, std=0.0)
+    noise[:, 0] = torch.as_tensor(rec["chain"][:, 0])  # same x_K
+    want = deployed.sample({"state": torch.as_tensor(obs["state"])}, noise=noise, std=0.0)
     np.testing.assert_allclose(a, want.numpy(), atol=1e-5)
+
+
+def test_sampled_chain_keeps_the_ddpm_like_sigma_table():
+    agent = make_agent()
+    agent.act(random_obs(2), deterministic=True)  # swaps the σ table in and out
+    torch.testing.assert_close(agent.model.ddim_sigma, ddim_sigmas(agent.model, 1.0))
+    assert float(agent.model.ddim_sigma[-1]) > 0.5
 
 
 def _batch(agent, n=64):

@@ -18,11 +18,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import resource
 import shlex
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +46,10 @@ class FinetuneConfig:
     envs: int = 2  # parallel envs
     workers: int = 2  # env worker processes (0 = in this process)
     steps_per_iter: int = 100  # chunk steps per env per iteration
-    max_env_steps: int | None = None  # episode time limit (default: d2ppo.evaluate's per-task horizon)
+    # Episode time limit of training rollouts and periodic evaluations (default: d2ppo.evaluate's per-task
+    # horizon). A shorter limit wastes fewer env steps on failed episodes; the final evaluations always use
+    # d2ppo.evaluate's horizon.
+    max_env_steps: int | None = None
     gamma: float = 0.99  # discount per chunk step (Lift episodes are <= 50 chunks)
     gae_lambda: float = 0.95
     reward_scaling: bool = True  # running reward scaling (DPPO)
@@ -54,6 +59,7 @@ class FinetuneConfig:
     eval_seed: int = 5000
     final_eval_episodes: int = 50  # d2ppo.evaluate of the pre-trained and the fine-tuned package
     final_eval_seed: int = 1000  # d2ppo.evaluate's default seed, so numbers match a plain `d2ppo.evaluate` run
+    final_eval_workers: int = 1  # d2ppo.evaluate's default; its episode seeds depend on the worker count
     seed: int = 0
     # torch threads for the update; rollouts always use 1. Measured on the shared 2-core machine (load ~10):
     # 2 threads made the update 6x and inference 30x slower than 1 (OpenMP threads spinning against the workers).
@@ -84,35 +90,70 @@ def build_agent(cfg: FinetuneConfig, pkg):
 def save_agent(agent, cfg: FinetuneConfig, pkg, path: Path, extra: dict) -> Path:
     """Write the agent's policy as a package (diffusion: the standard format; Gaussian: its own format)."""
     if cfg.algo == "d2ppo":
-        from d2ppo.package import save_policy
 
-        card_extra = {k: pkg.card[k] for k in ("training",) if k in pkg.card}
-        card_extra.update(extra)
-        return save_policy(path, agent.model, pkg.normalizers, task=pkg.task, env_args=pkg.env_args,
-                           render_profile=pkg.render_profile, control_rate_hz=pkg.control_rate_hz,
-                           robot_base_pos=tuple(pkg.robot_base_pos), extra=card_extra)
+        return _save_diffusion(agent.model, agent.deploy_config(), pkg, path, extra)
     from d2ppo.rl.ppo_gaussian import save_gaussian_policy
 
     return save_gaussian_policy(path, agent.actor, pkg, extra)
 
 
+def _save_diffusion(model, deploy_cfg, pkg, path: Path, extra: dict) -> Path:
+    """save_policy with ``deploy_cfg`` as the card's model config (the deterministic chain that was evaluated)."""
+    from d2ppo.package import save_policy
+
+    card_extra = {k: pkg.card[k] for k in ("training",) if k in pkg.card}
+    card_extra.update(extra)
+    train_cfg = model.cfg
+    model.cfg = deploy_cfg
+    try:
+        return save_policy(path, model, pkg.normalizers, task=pkg.task, env_args=pkg.env_args,
+                           render_profile=pkg.render_profile, control_rate_hz=pkg.control_rate_hz,
+                           robot_base_pos=tuple(pkg.robot_base_pos), extra=card_extra)
+    finally:
+        model.cfg = train_cfg
+
+
 def final_evaluation(cfg: FinetuneConfig, path: Path, agent=None, venv=None) -> dict:
-    """≥ 50-episode evaluation: d2ppo.evaluate for diffusion packages (the project's one evaluator); the
-    Gaussian baseline, which d2ppo.evaluate cannot load, runs the same seeds in the RL harness."""
+    """≥ 50-episode evaluation: d2ppo.evaluate for diffusion packages (the project's one evaluator, its
+    per-task horizon, whatever --max-env-steps the training used); the Gaussian baseline, which d2ppo.evaluate
+    cannot load, runs the same seeds and horizon in the RL harness."""
     if cfg.algo == "d2ppo":
         from d2ppo.evaluate import evaluate_policy
 
-        res = evaluate_policy(path, cfg.final_eval_episodes, seed=cfg.final_eval_seed, workers=max(1, cfg.workers),
-                              horizon=cfg.max_env_steps, progress=False)
+        res = evaluate_policy(path, cfg.final_eval_episodes, seed=cfg.final_eval_seed, workers=cfg.final_eval_workers,
+                              progress=False)
         res = {k: v for k, v in res.items() if k != "episodes_detail"}
         res["command"] = (f"python -m d2ppo.evaluate --policy {path} --episodes {cfg.final_eval_episodes} "
-                          f"--seed {cfg.final_eval_seed} --workers {max(1, cfg.workers)}"
-                          + (f" --horizon {cfg.max_env_steps}" if cfg.max_env_steps else ""))
+                          f"--seed {cfg.final_eval_seed} --workers {cfg.final_eval_workers}")
         return res
     from d2ppo.rl.rollout import evaluate_agent
 
     res = evaluate_agent(agent, venv, [cfg.final_eval_seed + i for i in range(cfg.final_eval_episodes)])
     res.update({"seed": cfg.final_eval_seed, "harness": "d2ppo.rl.rollout.evaluate_agent (deterministic mean action)"})
+    return res
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its reaped children."""
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
+def _reusable_evaluation(cfg: FinetuneConfig, policy: Path) -> dict | None:
+    """A d2ppo.evaluate result already stored in ``<policy>/eval/eval.json`` with the same episodes, seed and
+    horizon (the evaluator is deterministic for these), so the pre-trained package is not evaluated twice."""
+    path = policy / "eval" / "eval.json"
+    try:
+        res = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    horizon = "task default"
+    if (res.get("episodes"), res.get("seed"), res.get("horizon"), res.get("backend"), res.get("workers")) != (
+            cfg.final_eval_episodes, cfg.final_eval_seed, horizon, "torch", cfg.final_eval_workers):
+        return None
+    print(f"[finetune] pre-trained evaluation reused from {path}", flush=True)
+    res = {k: v for k, v in res.items() if k != "episodes_detail"}
+    res["source"] = str(path)
     return res
 
 
@@ -169,10 +210,30 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
 
     pre_eval = None
     if cfg.final_eval_episodes > 0 and cfg.algo == "d2ppo":
-        print(f"[finetune] evaluating the pre-trained package ({cfg.final_eval_episodes} episodes)", flush=True)
-        pre_eval = final_evaluation(cfg, Path(cfg.policy))
+        pre_eval = _reusable_evaluation(cfg, Path(cfg.policy))
+        if pre_eval is None:
+            print(f"[finetune] evaluating the pre-trained package ({cfg.final_eval_episodes} episodes)", flush=True)
+            pre_eval = final_evaluation(cfg, Path(cfg.policy))
         print(f"[finetune] pre-trained success {pre_eval['success_rate']:.3f} "
               f"({pre_eval['successes']}/{pre_eval['episodes']})", flush=True)
+        # The fine-tuned package's deterministic chain is DDIM η = eval_eta; evaluate the pre-trained weights
+        # with that chain too, so the improvement is not confused with the change of sampler.
+        deploy_cfg = replace(pkg.model.cfg, ddim_eta=cfg.ppo.eval_eta, deploy_std=0.0)
+        if deploy_cfg != pkg.model.cfg:
+            same_chain = run_dir / "pretrained_deploy_chain"
+            if not (same_chain / "policy.json").is_file():
+                _save_diffusion(pkg.model, deploy_cfg, pkg, same_chain,
+                                {"note": f"pre-trained weights of {cfg.policy} with the fine-tuned package's chain"})
+            pre_eval_chain = _reusable_evaluation(cfg, same_chain)
+            if pre_eval_chain is None:
+                print(f"[finetune] evaluating the pre-trained weights with the DDIM η={cfg.ppo.eval_eta} chain", flush=True)
+                pre_eval_chain = final_evaluation(cfg, same_chain)
+                (same_chain / "eval").mkdir(exist_ok=True)
+                (same_chain / "eval" / "eval.json").write_text(json.dumps(pre_eval_chain, indent=2))
+            pre_eval["same_chain_as_finetuned"] = {k: pre_eval_chain[k] for k in ("success_rate", "successes",
+                                                                                   "episodes", "ci95", "command")}
+            print(f"[finetune] pre-trained success with the η={cfg.ppo.eval_eta} chain "
+                  f"{pre_eval_chain['success_rate']:.3f}", flush=True)
     t_pre_eval = time.time() - t_start
 
     torch.set_num_threads(cfg.threads)
@@ -182,7 +243,7 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
     metrics_f = (run_dir / "metrics.jsonl").open("w")
     history: list[dict] = []
     eval_seeds = [cfg.eval_seed + i for i in range(cfg.eval_episodes)]
-    t0 = time.time()
+    t0, cpu0 = time.time(), _cpu_seconds()
     env_steps, eval_time = 0, 0.0
     venv = VectorChunkedEnv(configs, workers=cfg.workers)
     try:
@@ -199,7 +260,8 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
             return res
 
         if cfg.eval_episodes > 0:
-            history.append({"iteration": 0, "env_steps": 0, "eval": periodic_eval(0), "time_s": time.time() - t0})
+            history.append({"iteration": 0, "env_steps": 0, "eval": periodic_eval(0), "time_s": round(time.time() - t0, 1)})
+            metrics_f.write(json.dumps(history[-1]) + "\n")
         obs = venv.reset(rng.integers(2**31, size=cfg.envs).tolist())
         bar = tqdm(range(1, cfg.iterations + 1), desc=f"finetune ({cfg.algo})", dynamic_ncols=True, mininterval=1.0)
         last_eval = history[-1]["eval"]["success_rate"] if history else float("nan")
@@ -244,6 +306,8 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
                 break
         bar.close()
         train_time = time.time() - t0
+        venv.close()  # reaps the workers, so their CPU time shows in RUSAGE_CHILDREN
+        cpu_time = _cpu_seconds() - cpu0
         plot_curve(history, run_dir / "learning_curve.png",
                    f"{pkg.task} {cfg.algo} fine-tuning from {Path(cfg.policy).name} (seed {cfg.seed})")
 
@@ -254,6 +318,8 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
             "iterations": it,
             "env_steps": env_steps,
             "time_s": round(train_time, 1),
+            "cpu_time_s": round(cpu_time, 1),  # this process + env workers during the training loop
+            "load_avg_1min_at_end": round(os.getloadavg()[0], 2),  # the dev machine is shared
             "periodic_eval_time_s": round(eval_time, 1),
             "seed": cfg.seed,
             "config": cfg.to_json(),
@@ -268,6 +334,8 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
         final = None
         if cfg.final_eval_episodes > 0:
             print(f"[finetune] evaluating the fine-tuned package ({cfg.final_eval_episodes} episodes)", flush=True)
+            if cfg.algo != "d2ppo":  # fresh envs with d2ppo.evaluate's per-task horizon
+                venv = VectorChunkedEnv(chunked_env_configs(pkg, cfg.envs, seed=cfg.seed * 1000), workers=cfg.workers)
             final = final_evaluation(cfg, out, agent, venv)
             card = json.loads((out / "policy.json").read_text())
             card["evaluation"] = final
@@ -281,6 +349,7 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
         "evaluation": final,
         "env_steps": env_steps,
         "train_time_s": round(train_time, 1),
+        "train_cpu_time_s": round(cpu_time, 1),
         "pretrained_eval_time_s": round(t_pre_eval, 1),
         "total_time_s": round(time.time() - t_start, 1),
         "out": str(out),
@@ -316,6 +385,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-every", type=int, default=d.eval_every)
     p.add_argument("--eval-episodes", type=int, default=d.eval_episodes)
     p.add_argument("--final-eval-episodes", type=int, default=d.final_eval_episodes)
+    p.add_argument("--final-eval-workers", type=int, default=d.final_eval_workers)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--max-minutes", type=float, help="wall-time budget for the training loop")
@@ -354,7 +424,7 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
         workers=a.envs if a.workers is None else a.workers, steps_per_iter=a.steps_per_iter,
         max_env_steps=a.max_env_steps, gamma=a.gamma, gae_lambda=a.gae_lambda, reward_scaling=not a.no_reward_scaling,
         critic_warmup_iters=a.critic_warmup, eval_every=a.eval_every, eval_episodes=a.eval_episodes,
-        final_eval_episodes=a.final_eval_episodes, seed=a.seed, threads=a.threads, max_minutes=a.max_minutes,
+        final_eval_episodes=a.final_eval_episodes, final_eval_workers=a.final_eval_workers, seed=a.seed, threads=a.threads, max_minutes=a.max_minutes,
         ppo=ppo, gaussian=gauss,
     )
 

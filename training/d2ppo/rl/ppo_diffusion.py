@@ -15,6 +15,8 @@ PPO per (env step t, denoising step k):
     L_π = E[max(-Â ρ, -Â clip(ρ, 1 - ε_k, 1 + ε_k))]
     ε_k grows exponentially from clip_base at the first fine-tuned (noisiest) step to clip_last at k = 0
     L_V = ½ E[(V(s_t) - R_t)²],  R_t = Â_t + V_old(s_t)
+Chains: the sampled chain uses DDIM σ_k at η = 1 (DDPM-like) floored at min_sampling_std; evaluation and the
+released package run the deterministic DDIM chain (η = 0, no noise), as DPPO evaluates (see eval_eta).
 The executed chunk is clip(x_0, -1, 1) (clipping is part of the env, not of the density, so the stored chain
 keeps the unclipped x_0 and its log-probability stays a true Gaussian density).
 
@@ -28,7 +30,8 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -43,6 +46,12 @@ class DiffusionPPOConfig:
     """Hyper-parameters of the update. Defaults follow DPPO's robomimic configs unless noted."""
 
     ft_denoising_steps: int = 10  # K′: fine-tuned denoising steps (the last K′ of the K DDIM steps)
+    train_eta: float = 1.0  # η of the sampled chain (1 = DDPM-like DDIM σ_k, in the mean and the noise)
+    # η of the deterministic chain (evaluation, and written into the fine-tuned package as model.ddim_eta):
+    # 0 = plain deterministic DDIM, as DPPO evaluates. Measured on a toy bandit: after PPO moved the sampled
+    # actions' mean from 0.28 to 0.69, the η = 0 chain gave 0.72, while dropping only the noise of the η = 1
+    # chain (the pre-trained packages' deploy_std = 0 chain) overshot to 0.96.
+    eval_eta: float = 0.0
     min_sampling_std: float = 0.1  # σ floor when sampling the chain (exploration)
     min_logprob_std: float = 0.1  # σ floor when evaluating log-probabilities (stability)
     randn_clip: float = 3.0  # clip each standard-normal draw of the chain to ±randn_clip
@@ -79,6 +88,13 @@ def denoising_discount(n_steps: int, gamma_denoising: float) -> Tensor:
     return gamma_denoising ** torch.arange(n_steps - 1, -1, -1, dtype=torch.float32)
 
 
+def ddim_sigmas(model: DiffusionPolicy, eta: float) -> Tensor:
+    """DDIM σ_k (k = 0 … K-1) of the model's schedule for a given η (DDIM eq. 16):
+    σ_k = η √((1 - ᾱ_prev) / (1 - ᾱ) · (1 - ᾱ / ᾱ_prev))."""
+    ab, ab_prev = model.ddim_ab, model.ddim_ab_prev
+    return eta * ((1 - ab_prev) / (1 - ab) * (1 - ab / ab_prev)).clamp_min(0).sqrt()
+
+
 def gaussian_log_prob(x: Tensor, mean: Tensor, std: Tensor) -> Tensor:
     """Element-wise log N(x; mean, std²)."""
     return -((x - mean) ** 2) / (2 * std**2) - std.log() - 0.5 * math.log(2 * math.pi)
@@ -93,6 +109,11 @@ class DiffusionPPO:
             raise ValueError(f"ft_denoising_steps must be in [1, {K}], got {cfg.ft_denoising_steps}")
         self.cfg, self.device = cfg, device
         self.model = model.to(device)
+        # DiffusionPolicy.ddim_mean_std reads its σ table (buffer ddim_sigma, not saved): the sampled chain
+        # uses η = train_eta; act(deterministic=True) swaps in η = eval_eta (see _sigma_table).
+        self.sigma_train = ddim_sigmas(model, cfg.train_eta).to(device)
+        self.sigma_eval = ddim_sigmas(model, cfg.eval_eta).to(device)
+        model.ddim_sigma.copy_(self.sigma_train)
         self.action_norm = action_normalizer
         self.K, self.K_ft = K, cfg.ft_denoising_steps
         # Frozen pre-trained denoiser for the K - K′ earliest steps.
@@ -123,6 +144,19 @@ class DiffusionPPO:
         act = self.action_norm.unnormalize(x0.clamp(-1.0, 1.0).cpu().numpy())
         return np.clip(act, -1.0, 1.0).astype(np.float32)
 
+    @contextmanager
+    def _sigma_table(self, sigma: Tensor):
+        saved = self.model.ddim_sigma.clone()
+        self.model.ddim_sigma.copy_(sigma)
+        try:
+            yield
+        finally:
+            self.model.ddim_sigma.copy_(saved)
+
+    def deploy_config(self):
+        """The model config to write into the fine-tuned package: its deterministic chain is the evaluated one."""
+        return replace(self.model.cfg, ddim_eta=self.cfg.eval_eta, deploy_std=0.0)
+
     # ------------------------------------------------------------------ acting
     @torch.no_grad()
     def act(self, obs: dict[str, np.ndarray], deterministic: bool = False) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -131,8 +165,14 @@ class DiffusionPPO:
         Returns env actions [N, Ta, Da] and the record to store: ``chain`` [N, K′+1, Ta, Da] (x_{K′} … x_0,
         x_0 unclipped), ``logprob`` [N, K′] (Σ over executed actions and dims of each transition's log-density,
         min_logprob_std floor), ``cond`` [N, Dc] (encoder features; cached for the update) and ``value`` [N].
-        ``deterministic``: σ = 0 at every step (evaluation; the deployed sampler with deploy_std = 0).
+        ``deterministic``: the η = eval_eta chain without noise (evaluation; the fine-tuned package's sampler).
         """
+        if deterministic:
+            with self._sigma_table(self.sigma_eval):
+                return self._act(obs, True)
+        return self._act(obs, False)
+
+    def _act(self, obs: dict[str, np.ndarray], deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         cfg = self.cfg
         cond = self.encode(self._obs(obs))
         b = cond.shape[0]
