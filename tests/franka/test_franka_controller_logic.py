@@ -122,26 +122,35 @@ def test_shipped_franka_yaml_documents_the_node_defaults():
     assert params == expected
 
 
-def test_reference_is_the_target_while_the_arm_is_within_the_lead():
-    from d2ppo_franka.controller import lead_limited_reference
+def test_steps_add_up_while_the_arm_is_within_the_lead():
+    from d2ppo_franka.controller import lead_gated_target
 
     q = np.array([1.0, 0.0, 0.0, 0.0])
-    pos, quat = lead_limited_reference(np.array([0.52, 0.0, 0.4]), q, np.array([0.5, 0.0, 0.4]), q, 0.03, 0.5)
-    np.testing.assert_allclose(pos, [0.52, 0.0, 0.4])
-    np.testing.assert_allclose(quat, q)
+    ee = np.array([0.5, 0.0, 0.4])
+    pos, quat, held = lead_gated_target(ee + [0.025, 0, 0], q, ee + [0.05, 0, 0], q, ee, q, 0.03, 0.5)
+    assert not held
+    np.testing.assert_allclose(pos, ee + [0.05, 0, 0])  # lead + one step ahead at most
 
 
-def test_reference_beyond_the_lead_is_pulled_back_along_the_way_to_the_target():
+def test_steps_away_from_an_arm_beyond_the_lead_are_held_back_and_reversals_are_not():
     from d2ppo_control.osc import axis_angle_to_quat, quat_multiply
-    from d2ppo_franka.controller import lead_limited_reference
+    from d2ppo_franka.controller import lead_gated_target
 
-    ee_q = np.array([1.0, 0.0, 0.0, 0.0])
-    target_q = quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.8]), ee_q)  # 0.8 rad about base z ahead
-    pos, quat = lead_limited_reference(np.array([0.6, 0.08, 0.4]), target_q, np.array([0.5, 0.0, 0.4]), ee_q,
-                                       0.03, 0.5)
-    np.testing.assert_allclose(pos, [0.5 + 0.03 * 0.1 / np.hypot(0.1, 0.08), 0.03 * 0.08 / np.hypot(0.1, 0.08), 0.4])
-    np.testing.assert_allclose(np.abs(quat), np.abs(quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.5]), ee_q)),
-                               atol=1e-12)
+    q = np.array([1.0, 0.0, 0.0, 0.0])
+    ee = np.array([0.5, 0.0, 0.4 - 0.01])  # the arm lags 0.04 m behind (and sags 1 cm below) its target
+    target = np.array([0.54, 0.0, 0.4])
+    pos, _, held = lead_gated_target(target, q, target + [0.025, 0, 0], q, ee, q, 0.03, 0.5)
+    assert held
+    np.testing.assert_array_equal(pos, target)  # kept as is: the measured pose (its sag) never enters
+    pos, _, held = lead_gated_target(target, q, target - [0.025, 0, 0], q, ee, q, 0.03, 0.5)
+    assert not held
+    np.testing.assert_allclose(pos, target - [0.025, 0, 0])
+    # orientation: the same rule with the rotation lead
+    ahead = quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.6]), q)
+    further = quat_multiply(axis_angle_to_quat([0.0, 0.0, 0.2]), ahead)
+    _, quat, held = lead_gated_target(target, ahead, target, further, target, q, 0.03, 0.5)
+    assert held
+    np.testing.assert_array_equal(quat, ahead)
 
 
 def test_watchdog_action_must_be_brake_or_settle():

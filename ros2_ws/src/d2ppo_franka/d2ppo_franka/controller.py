@@ -19,11 +19,13 @@ holds at the measured pose (disable, watchdog brake), franky's stop and the oper
 **Reference pose.** robosuite applies each delta to the *achieved* pose, and its OSC lags the goal, so a
 constant action moves the sim arm at a steady speed. franky's motion generator instead runs each target to
 completion at bounded velocity (``relative_dynamics_factor``); applying deltas to the measured pose of a
-lagging arm would shrink every step. The controller therefore applies a delta to the previous *commanded*
-target while the arm tracks it within ``max_tracking_lead`` metres / ``max_tracking_lead_rot`` radians;
-beyond that, to the target pulled back to that lead (:func:`lead_limited_reference`). Every target still
-passes the envelope (workspace, step, velocity), and the lead bound caps how far the arm can be behind its
-latest checked target (lead + one step), i.e. how far it travels on once actions stop.
+lagging arm would shrink every step. The controller therefore applies each delta to the previous *commanded*
+target (the measured pose only when it has none). A step that would take the target further away from an
+arm already more than ``max_tracking_lead`` metres / ``max_tracking_lead_rot`` radians behind it is held
+back (:func:`lead_gated_target`; ``steps_held_back``), so the target is never more than lead + one step
+ahead of the arm, i.e. the arm travels at most that far once actions stop. The measured pose never enters
+the target: re-basing targets on a lagging (or sagging, in franky-sim) measurement feeds its error back into
+the next target. Every target still passes the envelope (workspace, step, velocity).
 
 **Zero motion sends nothing.** A zero-motion action (translation and rotation components all 0: teleop
 with hands off, a policy asking to stay) keeps the current target, whatever the lead, and starts no new
@@ -45,11 +47,9 @@ import numpy as np
 from d2ppo_control.chunk import ActionChunk
 from d2ppo_control.executor import HOLD, ChunkExecutor, Command
 from d2ppo_control.osc import (
-    axis_angle_to_quat,
     delta_to_target,
     quat_multiply,
     quat_normalize,
-    quat_to_axis_angle,
 )
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 
@@ -135,39 +135,37 @@ def _quat_angle(a: np.ndarray, b: np.ndarray) -> float:
     return 2.0 * math.atan2(float(np.linalg.norm(d[:3])), abs(float(d[3])))
 
 
-def lead_limited_reference(
+def lead_gated_target(
     target_pos: np.ndarray,
     target_quat: np.ndarray,
+    new_pos: np.ndarray,
+    new_quat: np.ndarray,
     ee_pos: np.ndarray,
     ee_quat: np.ndarray,
     max_lead: float,
     max_lead_rot: float,
-) -> tuple[np.ndarray, np.ndarray]:
-    """The pose the next delta is applied to: the last commanded target, pulled back along the way to it so
-    that it is at most ``max_lead`` metres / ``max_lead_rot`` radians from the measured pose.
+) -> tuple[np.ndarray, np.ndarray, bool]:
+    """The next target: ``new_*`` (the current target moved by one step), except that a step which would take
+    the target further from an arm already more than ``max_lead`` metres (``max_lead_rot`` radians) behind it
+    keeps the current position (orientation) instead.
 
-    While the arm tracks its target this is the target itself (a chunk's steps add up in full). When the arm
-    lags further, the next target lands at most lead + one step ahead of the arm. Pulling back along the way
-    (rather than restarting from the measured pose) keeps a steady stream of steps from throwing the target
-    behind the running motion, which would make franky brake in the middle of a move.
+    While the arm tracks its target within the lead a chunk's steps add up in full; beyond it only steps that
+    bring the target back towards the arm (a reversal) are taken. By induction the target stays within
+    lead + one step of the arm (as long as the arm moves towards its target).
 
     Args:
-        target_pos, ee_pos: ``[3]`` metres, base frame. target_quat, ee_quat: ``[4]`` xyzw.
+        target_pos, new_pos, ee_pos: ``[3]`` metres, base frame. target_quat, new_quat, ee_quat: ``[4]`` xyzw.
     Returns:
-        ``(pos [3], quat [4] xyzw)``.
+        ``(pos [3], quat [4] xyzw, held_back)``: held_back is True when either part was kept.
     """
     ee_pos = np.asarray(ee_pos, dtype=np.float64)
-    lag = np.asarray(target_pos, dtype=np.float64) - ee_pos
-    dist = float(np.linalg.norm(lag))
-    pos = ee_pos + lag * (max_lead / dist) if dist > max_lead else np.asarray(target_pos, dtype=np.float64)
-    ee_quat = quat_normalize(ee_quat)
-    rot = quat_to_axis_angle(quat_multiply(quat_normalize(target_quat), _quat_conjugate(ee_quat)))
-    angle = float(np.linalg.norm(rot))
-    if angle > max_lead_rot:
-        quat = quat_normalize(quat_multiply(axis_angle_to_quat(rot * (max_lead_rot / angle)), ee_quat))
-    else:
-        quat = quat_normalize(target_quat)
-    return pos, quat
+    lag = float(np.linalg.norm(np.asarray(target_pos) - ee_pos))
+    hold_pos = lag > max_lead and float(np.linalg.norm(np.asarray(new_pos) - ee_pos)) > lag
+    lag_rot = _quat_angle(target_quat, ee_quat)
+    hold_rot = lag_rot > max_lead_rot and _quat_angle(new_quat, ee_quat) > lag_rot
+    pos = np.asarray(target_pos if hold_pos else new_pos, dtype=np.float64)
+    quat = np.asarray(target_quat if hold_rot else new_quat, dtype=np.float64)
+    return pos, quat, hold_pos or hold_rot
 
 
 def _quat_conjugate(q: np.ndarray) -> np.ndarray:
@@ -189,6 +187,8 @@ class ControllerCounters:
     motions_sent: int = 0
     #: executed zero-motion actions that kept the current target (no motion sent).
     targets_kept: int = 0
+    #: steps not added to the target because the arm lagged more than max_tracking_lead behind it.
+    steps_held_back: int = 0
     watchdog_brakes: int = 0
 
 
@@ -336,10 +336,25 @@ class FrankaController:
                     target_pos, target_quat = delta_to_target(
                         cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
                     )
-                    self.arm.move_to(target_pos, target_quat)
-                    self.counters.motions_sent += 1
-                    self._target = (target_pos, target_quat)
-                    self._stopped = False
+                    held_back = False
+                    if self._target is not None:
+                        target_pos, target_quat, held_back = lead_gated_target(
+                            *self._target,
+                            target_pos,
+                            target_quat,
+                            self.state.ee_pos,
+                            self.state.ee_quat,
+                            self.config.max_tracking_lead,
+                            self.config.max_tracking_lead_rot,
+                        )
+                    self.counters.steps_held_back += int(held_back)
+                    if self._target is None or not (
+                        np.array_equal(target_pos, self._target[0]) and np.array_equal(target_quat, self._target[1])
+                    ):
+                        self.arm.move_to(target_pos, target_quat)
+                        self.counters.motions_sent += 1
+                        self._target = (target_pos, target_quat)
+                        self._stopped = False
                 self.gripper.update(float(cmd.action[6]))
             self._service_gripper()
         except ReflexError as e:
@@ -360,11 +375,8 @@ class FrankaController:
         return None if last is None else last + self.limits.watchdog_timeout
 
     def _reference(self, state: ArmState) -> tuple[np.ndarray, np.ndarray]:
-        if self._target is None:
-            return state.ee_pos, state.ee_quat
-        return lead_limited_reference(
-            *self._target, state.ee_pos, state.ee_quat, self.config.max_tracking_lead, self.config.max_tracking_lead_rot
-        )
+        """The pose the next delta applies to: the last commanded target, else the measured pose."""
+        return self._target if self._target is not None else (state.ee_pos, state.ee_quat)
 
     def _at_target(self, state: ArmState) -> bool:
         """Whether the arm stands on its commanded target (within AT_TARGET_TOLERANCE); False without one."""
@@ -488,6 +500,7 @@ class FrankaController:
             homes=c.homes,
             motions_sent=c.motions_sent,
             targets_kept=c.targets_kept,
+            steps_held_back=c.steps_held_back,
             watchdog_brakes=c.watchdog_brakes,
             watchdog_action=self.config.watchdog_action,
             connected=int(self.arm.connected),
