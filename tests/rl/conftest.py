@@ -22,3 +22,15 @@ def lowdim_package(tmp_path_factory):
     card["env_args"] = default_env_args("lift", camera_names=())
     write_card(path, card)
     return path
+
+
+@pytest.fixture(autouse=True)
+def one_torch_thread():
+    """Small models on a loaded 2-core machine: 2 OpenMP threads ran PPO updates 6x and sampling 30x slower
+    than 1 (threads spinning against the env workers); restore the setting for other test folders."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

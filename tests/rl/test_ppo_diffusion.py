@@ -79,24 +79,31 @@ def test_denoising_discount_gives_the_final_step_full_credit():
     assert torch.all(d[1:] > d[:-1])
 
 
-def test_deterministic_act_is_the_chain_the_fine_tuned_package_deploys():
-    agent = make_agent()
+@pytest.mark.parametrize("eval_eta", [None, 0.0])
+def test_deterministic_act_is_the_chain_the_fine_tuned_package_deploys(eval_eta):
+    agent = make_agent(eval_eta=eval_eta)
     obs = random_obs(3)
     a, rec = agent.act(obs, deterministic=True)
     deployed = DiffusionPolicy(LOWDIM, agent.deploy_config())  # what load_policy builds from the saved card
     deployed.load_state_dict(agent.model.state_dict())
-    assert agent.deploy_config().ddim_eta == 0.0 and float(deployed.ddim_sigma.abs().max()) == 0.0
+    assert deployed.cfg.ddim_eta == (1.0 if eval_eta is None else 0.0)
     noise = torch.zeros(3, 11, 4, 7)
     noise[:, 0] = torch.as_tensor(rec["chain"][:, 0])  # same x_K
     want = deployed.sample({"state": torch.as_tensor(obs["state"])}, noise=noise, std=0.0)
     np.testing.assert_allclose(a, want.numpy(), atol=1e-5)
+    torch.testing.assert_close(agent.model.ddim_sigma, ddim_sigmas(agent.model, 1.0))  # table restored
 
 
-def test_sampled_chain_keeps_the_ddpm_like_sigma_table():
-    agent = make_agent()
-    agent.act(random_obs(2), deterministic=True)  # swaps the σ table in and out
-    torch.testing.assert_close(agent.model.ddim_sigma, ddim_sigmas(agent.model, 1.0))
-    assert float(agent.model.ddim_sigma[-1]) > 0.5
+@pytest.mark.parametrize("noise_eta", [1.0, 0.0])
+def test_sampling_noise_is_the_floored_scaled_ddim_sigma(noise_eta):
+    agent = make_agent(noise_eta=noise_eta, min_sampling_std=0.1, min_logprob_std=0.1)
+    torch.manual_seed(0)
+    _, rec = agent.act(random_obs(4000))
+    chain, cond = torch.as_tensor(rec["chain"]), torch.as_tensor(rec["cond"])
+    mean, sigma = agent.model.ddim_mean_std(chain[:, 0], 9, cond)  # first step k = K-1
+    resid = (chain[:, 1] - mean).std().item()
+    want = max(noise_eta * float(sigma[0, 0, 0]), 0.1)
+    assert resid == pytest.approx(want, rel=0.05)
 
 
 def _batch(agent, n=64):
@@ -124,3 +131,17 @@ def test_frozen_copy_runs_the_early_steps_after_fine_tuning():
     agent.update(_batch(agent), update_actor=True)
     assert all(torch.equal(a, b) for a, b in zip(frozen_before, agent.frozen.parameters()))
     assert agent._net(9) is agent.frozen and agent._net(3) is agent.model.denoiser
+
+
+def test_updates_move_sampled_actions_toward_higher_advantage():
+    """A one-step bandit (reward = -(a - 0.5)²): a few PPO updates over the denoising chain raise the reward."""
+    agent = make_agent(actor_lr=1e-3, update_epochs=4, minibatch_size=64, clip_base=0.01, clip_last=0.1)
+    obs = {"state": np.repeat(random_obs(1)["state"], 256, 0)}
+    rewards = []
+    for _ in range(6):
+        _, rec = agent.act(obs)
+        x0 = np.clip(rec["chain"][:, -1], -1, 1)
+        r = -((x0[:, :4] - 0.5) ** 2).mean(axis=(1, 2))
+        rewards.append(float(r.mean()))
+        agent.update({**obs, **rec, "advantage": (r - r.mean()).astype(np.float32), "return": r.astype(np.float32)})
+    assert rewards[-1] > rewards[0] + 0.15, rewards

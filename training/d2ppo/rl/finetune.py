@@ -218,7 +218,9 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
               f"({pre_eval['successes']}/{pre_eval['episodes']})", flush=True)
         # The fine-tuned package's deterministic chain is DDIM η = eval_eta; evaluate the pre-trained weights
         # with that chain too, so the improvement is not confused with the change of sampler.
-        deploy_cfg = replace(pkg.model.cfg, ddim_eta=cfg.ppo.eval_eta, deploy_std=0.0)
+        deploy_cfg = replace(pkg.model.cfg, deploy_std=0.0)
+        if cfg.ppo.eval_eta is not None:
+            deploy_cfg = replace(deploy_cfg, ddim_eta=cfg.ppo.eval_eta)
         if deploy_cfg != pkg.model.cfg:
             same_chain = run_dir / "pretrained_deploy_chain"
             if not (same_chain / "policy.json").is_file():
@@ -391,6 +393,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-minutes", type=float, help="wall-time budget for the training loop")
     g = p.add_argument_group("diffusion PPO (--algo d2ppo)")
     g.add_argument("--ft-denoising-steps", type=int, default=pd.ft_denoising_steps)
+    g.add_argument("--noise-eta", type=float, default=pd.noise_eta,
+                   help="exploration std = max(noise_eta · DDIM σ_k, min sampling std); 0 = only the floor")
+    g.add_argument("--eval-eta", type=float, default=pd.eval_eta,
+                   help="η of the deterministic evaluated/deployed chain (default: the package's own)")
     g.add_argument("--min-sampling-std", type=float, default=pd.min_sampling_std)
     g.add_argument("--min-logprob-std", type=float, default=pd.min_logprob_std)
     g.add_argument("--gamma-denoising", type=float, default=pd.gamma_denoising)
@@ -411,7 +417,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
     ppo = DiffusionPPOConfig(
-        ft_denoising_steps=a.ft_denoising_steps, min_sampling_std=a.min_sampling_std, min_logprob_std=a.min_logprob_std,
+        ft_denoising_steps=a.ft_denoising_steps, noise_eta=a.noise_eta, eval_eta=a.eval_eta,
+        min_sampling_std=a.min_sampling_std, min_logprob_std=a.min_logprob_std,
         gamma_denoising=a.gamma_denoising, clip_base=a.clip_base, clip_last=a.clip_last, actor_lr=a.actor_lr,
         critic_lr=a.critic_lr, update_epochs=a.update_epochs, minibatch_size=a.minibatch_size,
         target_kl=a.target_kl if a.target_kl and a.target_kl > 0 else None, train_encoder=a.train_encoder,

@@ -4,7 +4,7 @@ Outer (environment) MDP, one step per action chunk:
     s_t = policy input (obs builder output), a_t = chunk x_0 [Ta, Da], r_t = success in the chunk (0/1).
     Advantages Â_t by GAE(γ, λ) over chunk steps (d2ppo.rl.rollout.compute_gae).
 Inner (denoising) MDP, inside every env step, step k = K-1 … 0 maps x_{k+1} -> x_k (x_K ~ N(0, I)):
-    π_θ(x_k | x_{k+1}, s_t) = N(μ_θ(x_{k+1}, k, s_t), σ_k² I),   σ_k = max(DDIM σ_k, min std)
+    π_θ(x_k | x_{k+1}, s_t) = N(μ_θ(x_{k+1}, k, s_t), σ_k² I),   σ_k = max(noise_eta · DDIM σ_k, min std)
     μ_θ is the DDIM mean of the pre-trained model (DiffusionPolicy.ddim_mean_std). Only the last K′ steps
     (k < K′) are fine-tuned; a frozen copy of the pre-trained denoiser runs steps K-1 … K′. The whole chain
     x_{K′} … x_0 is stored per env step; every fine-tuned transition is one PPO "action" of the env step's
@@ -15,8 +15,8 @@ PPO per (env step t, denoising step k):
     L_π = E[max(-Â ρ, -Â clip(ρ, 1 - ε_k, 1 + ε_k))]
     ε_k grows exponentially from clip_base at the first fine-tuned (noisiest) step to clip_last at k = 0
     L_V = ½ E[(V(s_t) - R_t)²],  R_t = Â_t + V_old(s_t)
-Chains: the sampled chain uses DDIM σ_k at η = 1 (DDPM-like) floored at min_sampling_std; evaluation and the
-released package run the deterministic DDIM chain (η = 0, no noise), as DPPO evaluates (see eval_eta).
+Chains: the means are the package's DDIM chain (its ddim_eta); the sampled chain adds noise of std σ_k above
+(noise_eta = 1: DPPO's DDPM-like noise; 0: only the floor); evaluation runs the noise-free chain (eval_eta).
 The executed chunk is clip(x_0, -1, 1) (clipping is part of the env, not of the density, so the stored chain
 keeps the unclipped x_0 and its log-probability stays a true Gaussian density).
 
@@ -46,12 +46,16 @@ class DiffusionPPOConfig:
     """Hyper-parameters of the update. Defaults follow DPPO's robomimic configs unless noted."""
 
     ft_denoising_steps: int = 10  # K′: fine-tuned denoising steps (the last K′ of the K DDIM steps)
-    train_eta: float = 1.0  # η of the sampled chain (1 = DDPM-like DDIM σ_k, in the mean and the noise)
-    # η of the deterministic chain (evaluation, and written into the fine-tuned package as model.ddim_eta):
-    # 0 = plain deterministic DDIM, as DPPO evaluates. Measured on a toy bandit: after PPO moved the sampled
-    # actions' mean from 0.28 to 0.69, the η = 0 chain gave 0.72, while dropping only the noise of the η = 1
-    # chain (the pre-trained packages' deploy_std = 0 chain) overshot to 0.96.
-    eval_eta: float = 0.0
+    # Exploration noise of the sampled chain: std_k = max(noise_eta · σ_k, min_sampling_std), σ_k the DDIM σ of
+    # the package's chain (its ddim_eta). 1 = DDPM-like noise at every step (DPPO; σ_k ≈ 0.85 at the first
+    # step); 0 = only the floor, i.e. local noise around the deterministic chain that is evaluated and deployed.
+    noise_eta: float = 1.0
+    # Deterministic chain used for evaluation and written into the fine-tuned package: None = the package's own
+    # chain (its ddim_eta, no noise: what the pre-trained package was evaluated with); 0 = plain deterministic
+    # DDIM, as DPPO evaluates. Measured on a toy bandit after PPO with noise_eta = 1 moved the sampled actions'
+    # mean from 0.28 to 0.69: the η = 0 chain gave 0.72, the noise-free η = 1 chain overshot to 0.96. But the
+    # pre-trained Lift packages lose with η = 0 (0.78 -> ~0.31 for one under-trained policy).
+    eval_eta: float | None = None
     min_sampling_std: float = 0.1  # σ floor when sampling the chain (exploration)
     min_logprob_std: float = 0.1  # σ floor when evaluating log-probabilities (stability)
     randn_clip: float = 3.0  # clip each standard-normal draw of the chain to ±randn_clip
@@ -109,11 +113,9 @@ class DiffusionPPO:
             raise ValueError(f"ft_denoising_steps must be in [1, {K}], got {cfg.ft_denoising_steps}")
         self.cfg, self.device = cfg, device
         self.model = model.to(device)
-        # DiffusionPolicy.ddim_mean_std reads its σ table (buffer ddim_sigma, not saved): the sampled chain
-        # uses η = train_eta; act(deterministic=True) swaps in η = eval_eta (see _sigma_table).
-        self.sigma_train = ddim_sigmas(model, cfg.train_eta).to(device)
-        self.sigma_eval = ddim_sigmas(model, cfg.eval_eta).to(device)
-        model.ddim_sigma.copy_(self.sigma_train)
+        # DiffusionPolicy.ddim_mean_std reads its σ table (buffer ddim_sigma, not saved); with eval_eta set,
+        # act(deterministic=True) swaps in that η's table (see _sigma_table).
+        self.sigma_eval = ddim_sigmas(model, cfg.eval_eta).to(device) if cfg.eval_eta is not None else None
         self.action_norm = action_normalizer
         self.K, self.K_ft = K, cfg.ft_denoising_steps
         # Frozen pre-trained denoiser for the K - K′ earliest steps.
@@ -155,6 +157,8 @@ class DiffusionPPO:
 
     def deploy_config(self):
         """The model config to write into the fine-tuned package: its deterministic chain is the evaluated one."""
+        if self.cfg.eval_eta is None:
+            return replace(self.model.cfg, deploy_std=0.0)
         return replace(self.model.cfg, ddim_eta=self.cfg.eval_eta, deploy_std=0.0)
 
     # ------------------------------------------------------------------ acting
@@ -167,10 +171,10 @@ class DiffusionPPO:
         min_logprob_std floor), ``cond`` [N, Dc] (encoder features; cached for the update) and ``value`` [N].
         ``deterministic``: the η = eval_eta chain without noise (evaluation; the fine-tuned package's sampler).
         """
-        if deterministic:
+        if deterministic and self.sigma_eval is not None:
             with self._sigma_table(self.sigma_eval):
                 return self._act(obs, True)
-        return self._act(obs, False)
+        return self._act(obs, deterministic)
 
     def _act(self, obs: dict[str, np.ndarray], deterministic: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         cfg = self.cfg
@@ -184,9 +188,9 @@ class DiffusionPPO:
                 x = mean
             else:
                 z = torch.randn_like(x).clamp_(-cfg.randn_clip, cfg.randn_clip)
-                x = mean + sigma.clamp_min(cfg.min_sampling_std) * z
+                x = mean + (cfg.noise_eta * sigma).clamp_min(cfg.min_sampling_std) * z
             if k < self.K_ft:
-                lp = gaussian_log_prob(x, mean, sigma.clamp_min(cfg.min_logprob_std))
+                lp = gaussian_log_prob(x, mean, (cfg.noise_eta * sigma).clamp_min(cfg.min_logprob_std))
                 logps.append(lp[:, : self.act_steps].sum(dim=(1, 2)))
                 chain.append(x)
             elif k == self.K_ft:
@@ -214,7 +218,7 @@ class DiffusionPPO:
         for j in range(self.K_ft):
             k = self.K_ft - 1 - j
             mean, sigma = self.model.ddim_mean_std(chain[:, j], k, cond)
-            lp = gaussian_log_prob(chain[:, j + 1], mean, sigma.clamp_min(self.cfg.min_logprob_std))
+            lp = gaussian_log_prob(chain[:, j + 1], mean, (self.cfg.noise_eta * sigma).clamp_min(self.cfg.min_logprob_std))
             out.append(lp[:, : self.act_steps].sum(dim=(1, 2)))
         return torch.stack(out, 1)
 
