@@ -46,11 +46,7 @@ from dataclasses import dataclass
 import numpy as np
 from d2ppo_control.chunk import ActionChunk
 from d2ppo_control.executor import HOLD, ChunkExecutor, Command
-from d2ppo_control.osc import (
-    delta_to_target,
-    quat_multiply,
-    quat_normalize,
-)
+from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 
 from d2ppo_franka.arm import ArmError, ArmState, ConnectionLost, ReflexError
@@ -77,8 +73,9 @@ class ControllerConfig:
     control_rate_hz: float = 20.0
     #: seconds an action may be overdue and still run; <= 0 means one control period.
     late_tolerance: float = -1.0
-    #: m / rad a new target may be ahead of the measured pose and still be the reference of the next delta.
-    #: Also bounds how far the arm can travel on after the last action (lead + one step).
+    #: m / rad the arm may lag behind its target and still have further steps added to it; beyond, steps that
+    #: take the target further away are held back. Bounds how far the arm travels on after the last action
+    #: (lead + one step).
     max_tracking_lead: float = 0.03
     max_tracking_lead_rot: float = 0.5
     #: "brake": on a watchdog trip hold at the pose measured then (the arm comes to rest within its braking
