@@ -4,7 +4,6 @@ import math
 
 import pytest
 import torch
-
 from d2ppo.losses import VARIANTS, dispersion_metrics, dispersive_loss
 
 

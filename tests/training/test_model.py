@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from d2ppo.model import DiffusionPolicy, PolicyConfig
 from d2ppo.model.policy import DispersiveConfig, cosine_alphas_cumprod
 from d2ppo.obs import ObsSpec

@@ -5,12 +5,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from d2ppo.model import PolicyConfig
 from d2ppo.normalize import RangeNormalizer
 from d2ppo.obs import ObsSpec
 from d2ppo.package import PolicyPackageError, load_policy, make_random_policy, wilson_interval
+from safetensors.torch import load_file, save_file
 
 SMALL = PolicyConfig(mlp_dims=(32, 32, 32), vit_dim=32, spatial_emb=16)
 
