@@ -133,6 +133,12 @@ def final_evaluation(cfg: FinetuneConfig, path: Path, agent=None, venv=None) -> 
     return res
 
 
+def _package_name(path: str) -> str:
+    """runs/x/policy -> x/policy (a pre-training run's package folder is always called policy)."""
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "policy" else p.name
+
+
 def _cpu_seconds() -> float:
     """User + system CPU time of this process and its reaped children."""
     own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -311,7 +317,7 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
         venv.close()  # reaps the workers, so their CPU time shows in RUSAGE_CHILDREN
         cpu_time = _cpu_seconds() - cpu0
         plot_curve(history, run_dir / "learning_curve.png",
-                   f"{pkg.task} {cfg.algo} fine-tuning from {Path(cfg.policy).name} (seed {cfg.seed})")
+                   f"{pkg.task} {cfg.algo} fine-tuning from {_package_name(cfg.policy)} (seed {cfg.seed})")
 
         finetuning = {
             "command": command or "python -m d2ppo.rl.finetune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
