@@ -212,3 +212,24 @@ def test_sim_messages_rebuild_exactly_the_training_observation(policy):
         np.testing.assert_allclose(deployed["state"], direct["state"], atol=1e-6)
     finally:
         sim.close()
+
+
+def test_onnx_backend_gives_the_same_chunks_as_torch_in_the_runner(tiny_policy, tmp_path):
+    import shutil
+
+    pkg = tmp_path / "pkg"
+    shutil.copytree(tiny_policy, pkg)  # the onnx sampler writes policy.onnx into the package
+    runners = [PolicyRunner(load_policy(pkg), backend=b, seed=7) for b in ("torch", "onnx")]
+    obs = [r.observation_inputs() for r in runners]
+    for k in range(8):
+        t = 1.0 + k * PERIOD
+        results = []
+        for r, o in zip(runners, obs):
+            fill(o, t)
+            o.set_ee_pose(t, [0.45 + 0.01 * k, 0.0, 0.1], [1.0, 0.0, 0.0, 0.0])
+            results.append(r.tick(o, now=t))
+        assert (results[0].chunk is None) == (results[1].chunk is None)
+        if results[0].chunk is not None:
+            np.testing.assert_allclose(results[0].chunk.actions, results[1].chunk.actions, atol=1e-4)
+            assert results[0].chunk.stamp == results[1].chunk.stamp
+    assert (pkg / "policy.onnx").is_file()

@@ -138,6 +138,9 @@ class PolicyRunner:
         max_obs_age: seconds; a tick whose oldest input is older than this is skipped, and a gap
             this long between ticks' observations starts a fresh observation history.
         period: control period in seconds; default 1 / the card's control rate.
+        seed: when given, the chain's noise is drawn from ``np.random.default_rng(seed)`` and handed to
+            the sampler, so runs (and the torch and onnx backends) are reproducible; None lets the
+            sampler draw its own.
     """
 
     def __init__(
@@ -147,6 +150,7 @@ class PolicyRunner:
         replan: str = "chunk",
         max_obs_age: float = 0.2,
         period: float | None = None,
+        seed: int | None = None,
     ):
         if replan not in REPLAN_MODES:
             raise ValueError(f"replan must be one of {REPLAN_MODES}, got {replan!r}")
@@ -155,6 +159,7 @@ class PolicyRunner:
         self.policy = policy
         self.backend = backend
         self.sampler = policy.sampler(backend)
+        self._rng = np.random.default_rng(seed) if seed is not None else None
         self.builder = policy.obs_builder()
         self.base = BasePose.from_card(policy.card)
         self.period = float(period) if period else 1.0 / float(policy.control_rate_hz)
@@ -234,7 +239,8 @@ class PolicyRunner:
         if not self.plan_due(now):
             return result
         t0 = time.perf_counter()
-        actions = np.asarray(self.sampler(self.builder.build()), dtype=np.float64)
+        noise = None if self._rng is None else self._rng.standard_normal(self.sampler.noise_shape(1), dtype=np.float32)
+        actions = np.asarray(self.sampler(self.builder.build(), noise=noise), dtype=np.float64)
         result.inference_s = time.perf_counter() - t0
         self.latency.add(result.inference_s)
         self._last_plan_time = now
