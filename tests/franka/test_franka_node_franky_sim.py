@@ -330,7 +330,8 @@ def test_watchdog_holds_within_two_control_periods_when_chunks_stop(probe):
     # arm; the chunk's remaining actions still run for up to 0.15 s after it arrived.
     assert travel <= MAX_TRACKING_LEAD + 0.005 + 0.03
     go_to(probe, p0)
-    assert np.linalg.norm(p_still - p0) < 0.1
+    # Never past the 0.1 m the five chunks commanded (1 mm for the sim's settling, not a motion).
+    assert np.linalg.norm(p_still - p0) <= 0.1 + 0.001
 
 
 def test_inference_node_killed_mid_motion_leaves_the_arm_holding(probe, rig):
