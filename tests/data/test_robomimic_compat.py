@@ -9,45 +9,9 @@ import numpy as np
 from d2ppo.data import SequenceDataset, list_demos, read_demo, read_env_args, validate_file
 from d2ppo.envs import make_env
 from d2ppo.obs import ObsSpec
+from robomimic_fixtures import OFFICIAL_LIFT_ENV_ARGS as OFFICIAL_ENV_ARGS
 
 # As in robomimic v0.3 lift/ph/image_v141.hdf5: robosuite 1.4 controller form, 84x84 images.
-OFFICIAL_ENV_ARGS = {
-    "env_name": "Lift",
-    "env_version": "1.4.1",
-    "type": 1,
-    "env_kwargs": {
-        "has_renderer": False,
-        "has_offscreen_renderer": True,
-        "ignore_done": True,
-        "use_object_obs": True,
-        "use_camera_obs": True,
-        "control_freq": 20,
-        "controller_configs": {
-            "type": "OSC_POSE",
-            "input_max": 1,
-            "input_min": -1,
-            "output_max": [0.05, 0.05, 0.05, 0.5, 0.5, 0.5],
-            "output_min": [-0.05, -0.05, -0.05, -0.5, -0.5, -0.5],
-            "kp": 150,
-            "damping_ratio": 1,
-            "impedance_mode": "fixed",
-            "kp_limits": [0, 300],
-            "damping_ratio_limits": [0, 10],
-            "position_limits": None,
-            "orientation_limits": None,
-            "uncouple_pos_ori": True,
-            "control_delta": True,
-            "interpolation": None,
-            "ramp_ratio": 0.2,
-        },
-        "robots": ["Panda"],
-        "camera_depths": False,
-        "camera_heights": 84,
-        "camera_widths": 84,
-        "reward_shaping": False,
-        "camera_names": ["agentview", "robot0_eye_in_hand"],
-    },
-}
 
 
 def _write_official_layout(path, lengths=(12, 9, 15)):
