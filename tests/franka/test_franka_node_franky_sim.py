@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ros_domains
 from franka_harness import (
     STREAMER,
     LoggedProcess,
@@ -26,8 +27,8 @@ from franka_harness import (
 
 pytestmark = [pytest.mark.franky, pytest.mark.ros, pytest.mark.timeout(90)]
 
-DOMAIN = 61
-HOST = "127.0.61.1"
+DOMAIN = ros_domains.claim_domain(range(60, 80))  # held by this process until it exits
+HOST = f"127.0.{DOMAIN}.1"  # franky-sim on a loopback address of its own (ports 1337/1338)
 PERIOD = 0.05
 #: franky-sim's arm starts at about (0.554, 0.0, 0.521) with joints START_JOINTS; a box around it,
 #: with the ceiling close above so the workspace test needs only two steps to reach it.

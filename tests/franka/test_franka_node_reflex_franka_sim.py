@@ -15,12 +15,13 @@ import time
 
 import numpy as np
 import pytest
+import ros_domains
 from franka_harness import RosProbe, actions, start_franka_node, start_franka_sim
 
 pytestmark = [pytest.mark.franky, pytest.mark.ros, pytest.mark.timeout(120)]
 
-DOMAIN = 63
-HOST = "127.0.63.1"
+DOMAIN = ros_domains.claim_domain(range(60, 80))  # held by this process until it exits
+HOST = f"127.0.{DOMAIN}.1"
 MAX_REFLEX_RETRIES = 3
 
 

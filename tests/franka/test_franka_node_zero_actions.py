@@ -20,12 +20,13 @@ import time
 
 import numpy as np
 import pytest
+import ros_domains
 from franka_harness import RosProbe, start_franka_node, start_franky_sim
 
 pytestmark = [pytest.mark.franky, pytest.mark.ros, pytest.mark.timeout(120)]
 
-DOMAIN = 121
-HOST = "127.0.121.1"
+DOMAIN = ros_domains.claim_domain(range(60, 80))  # held by this process until it exits
+HOST = f"127.0.{DOMAIN}.1"
 #: franky-sim at most 1/4 of real time (loaded machines measured here: ~0.3-0.9x).
 SLOWDOWN = 4.0
 PERIOD = 0.05

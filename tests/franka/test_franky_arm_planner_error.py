@@ -13,11 +13,12 @@ import time
 
 import numpy as np
 import pytest
+import ros_domains
 from franka_harness import start_franky_sim
 
 pytestmark = [pytest.mark.franky, pytest.mark.timeout(60)]
 
-HOST = "127.0.122.1"
+HOST = f"127.0.{ros_domains.claim_domain(range(60, 80))}.1"  # a loopback address no other run uses
 
 
 def test_motion_planner_failure_surfaces_as_a_reflex_and_the_arm_moves_after_recovery(tmp_path):

@@ -1,6 +1,7 @@
 """Helpers for the real-robot-side tests: node processes over real DDS, and an in-test rclpy node.
 
-Every test gets its own ROS_DOMAIN_ID from 100-119 (this suite's range) and discovery limited to
+Every test gets its own ROS_DOMAIN_ID from 100-119 (this suite's range, claimed with a lock file so a
+second test run on the same machine takes other ids) and discovery limited to
 localhost, so tests cannot hear each other or other suites. Node processes run in their own process
 group and are always stopped (SIGINT, then SIGKILL) by the fixture's finalizer.
 """
@@ -18,10 +19,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ros_domains
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHON = sys.executable
-_domain_ids = itertools.cycle(range(100, 120))
+DOMAINS = range(100, 120)
+_next_start = itertools.count()
 
 
 def _param_value(value) -> str:
@@ -91,9 +94,11 @@ def ros_env():
     env = dict(os.environ)
     env.pop("RMW_IMPLEMENTATION", None)
     # UDP only: a node SIGKILLed by a test would leave Fast DDS shared-memory segments in /dev/shm.
-    env.update(ROS_DOMAIN_ID=str(next(_domain_ids)), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
+    domain = ros_domains.claim_domain(DOMAINS, start=next(_next_start))
+    env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE="LOCALHOST",
                FASTDDS_BUILTIN_TRANSPORTS="UDPv4", PYTHONUNBUFFERED="1", RCUTILS_COLORIZED_OUTPUT="0")
-    return env
+    yield env
+    ros_domains.release_domain(domain)
 
 
 @pytest.fixture

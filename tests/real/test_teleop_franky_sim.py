@@ -13,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import ros_domains
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "franka"))
 
 pytestmark = [pytest.mark.franky, pytest.mark.ros, pytest.mark.slow]
 
-HOST = "127.0.110.1"  # this suite's own loopback address for franky-sim (ports 1337/1338)
+HOST = f"127.0.{ros_domains.claim_domain(range(60, 80))}.1"  # a loopback address of its own for franky-sim (ports 1337/1338)
 
 
 @pytest.fixture

@@ -1,7 +1,9 @@
 """Fixtures for the deployment-stack tests: node processes over real DDS and an in-test rclpy node.
 
-Each test gets its own ROS_DOMAIN_ID from 80-99 (this suite's range) with discovery limited to
-localhost, so tests cannot hear each other or other suites. Node processes are started through
+Each test gets its own ROS_DOMAIN_ID from 80-99 (this suite's range; claimed with a lock file, so a
+second test run on the same machine takes other ids) with discovery limited to localhost and UDP
+transport only, so tests cannot hear each other or other suites, and a node SIGKILLed by one test
+leaves no shared-memory port behind for the next. Node processes are started through
 ``d2ppo_bringup.node_processes`` (own process group) and always stopped by a finalizer:
 SIGINT, then SIGTERM, then SIGKILL, after which orphaned Fast DDS segments in /dev/shm are removed.
 """
@@ -16,9 +18,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import ros_domains
 
 REPO = Path(__file__).resolve().parents[2]
-_domain_ids = itertools.cycle(range(80, 100))
+DOMAINS = range(80, 100)
+_next_start = itertools.count()
 
 
 @pytest.fixture(scope="session")
@@ -34,11 +38,25 @@ def tiny_policy(tmp_path_factory) -> Path:
 
 
 @pytest.fixture
-def ros_env(monkeypatch) -> dict[str, str]:
-    """Environment for this test's node processes (and this process): own domain, localhost only."""
-    domain = next(_domain_ids)
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(domain))
+def claim_domain():
+    """``claim_domain()`` -> a ROS_DOMAIN_ID of this suite's range held for this test only."""
+    claimed: list[int] = []
+
+    def claim() -> int:
+        claimed.append(ros_domains.claim_domain(DOMAINS, start=next(_next_start)))
+        return claimed[-1]
+
+    yield claim
+    for domain in claimed:
+        ros_domains.release_domain(domain)
+
+
+@pytest.fixture
+def ros_env(monkeypatch, claim_domain) -> dict[str, str]:
+    """Environment for this test's node processes (and this process): own domain, localhost, UDP only."""
+    monkeypatch.setenv("ROS_DOMAIN_ID", str(claim_domain()))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    monkeypatch.setenv("FASTDDS_BUILTIN_TRANSPORTS", "UDPv4")
     monkeypatch.delenv("RMW_IMPLEMENTATION", raising=False)
     monkeypatch.setenv("MUJOCO_GL", os.environ.get("MUJOCO_GL", "egl"))
     monkeypatch.setenv("PYTHONUNBUFFERED", "1")

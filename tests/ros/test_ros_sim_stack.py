@@ -150,10 +150,10 @@ def test_sim_and_inference_complete_episodes_and_publish_success(run_graph, test
 
 
 @pytest.mark.timeout(240)
-def test_same_seed_gives_the_same_episodes(run_graph, ros_env, tiny_policy, tmp_path):
+def test_same_seed_gives_the_same_episodes(run_graph, ros_env, claim_domain, tiny_policy, tmp_path):
     """Sim and inference run in different processes, yet the lock-step makes the rollout repeatable."""
-    # Both stacks at once, each on a domain of its own (this suite's range is 80-99).
-    other_env = {**ros_env, "ROS_DOMAIN_ID": str(80 + (int(ros_env["ROS_DOMAIN_ID"]) - 80 + 10) % 20)}
+    # Both stacks at once, each on a domain of its own.
+    other_env = {**ros_env, "ROS_DOMAIN_ID": str(claim_domain())}
     a = start_episodes(run_graph, tiny_policy, tmp_path / "a")
     b = start_episodes(run_graph, tiny_policy, tmp_path / "b", env=other_env)
     _, first, _ = finish_episodes(a[0], tmp_path / "a", None, a[1])
@@ -207,8 +207,10 @@ def test_sim_services_work_and_ctrl_c_stops_the_whole_graph(run_graph, test_node
 
 
 @pytest.mark.timeout(60)
-def test_segments_of_a_sigkilled_node_are_removed(start_node, tmp_path):
+def test_segments_of_a_sigkilled_node_are_removed(start_node, ros_env, tmp_path):
     from d2ppo_bringup.node_processes import SHM_DIR, clean_fastdds_shm
+
+    ros_env.pop("FASTDDS_BUILTIN_TRANSPORTS")  # this test needs the shared-memory transport
 
     def segments() -> set[str]:
         return {p.name for p in SHM_DIR.glob("fastdds_*") if not p.name.endswith("_el") and "_port" not in p.name}

@@ -124,7 +124,7 @@ class SimNode(Node):
         results_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.success_pub = self.create_publisher(Bool, "sim/success", results_qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
+        self.chunk_sub = self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
         self.create_service(SetBool, "controller/enable", self._on_enable)
         self.create_service(Trigger, "sim/reset", self._on_reset)
         self._ros_executor = SingleThreadedExecutor()
@@ -187,14 +187,27 @@ class SimNode(Node):
         for _ in range(calls):
             self._ros_executor.spin_once(timeout_sec=0.0)
 
-    def _wait_for_chunk(self, timeout: float) -> bool:
-        """Spin until the due chunk arrived (True) or ``timeout`` wall seconds passed (False)."""
-        deadline = time.monotonic() + timeout
-        next_send = time.monotonic() + self.republish_period
+    def _wait_for_chunk(self, timeout: float, announce_every: float = 0.0) -> bool:
+        """Spin until the due chunk arrived (True) or ``timeout`` wall seconds passed (False).
+
+        ``announce_every`` > 0: log the wait (and who is matched) that often, so a start-up that
+        hangs says why instead of sitting silent until the timeout.
+        """
+        start = time.monotonic()
+        deadline = start + timeout
+        next_send = start + self.republish_period
+        next_note = start + announce_every if announce_every > 0 else float("inf")
         while self.lock.chunk_due():
             now = time.monotonic()
             if now >= deadline:
                 return False
+            if now >= next_note:
+                self.get_logger().info(
+                    f"waiting {now - start:.0f} s (of {timeout:g}) for the first action chunk: "
+                    f"{self.joint_pub.get_subscription_count()} subscriber(s) to the observation, "
+                    f"{self.chunk_sub.get_publisher_count()} publisher(s) of policy/action_chunk"
+                )
+                next_note = now + announce_every
             if now >= next_send:
                 # Messages sent before the inference node matched are lost; resending the same
                 # stamp is harmless (it ticks once per stamp).
@@ -214,7 +227,12 @@ class SimNode(Node):
             if self._video is not None and lock.episode < self.video_episodes:
                 self._video.add(lock.sim.render(self.video_camera, self.video_size))
             if lock.chunk_due():
-                if not self._wait_for_chunk(self.lockstep_timeout if started else self.startup_timeout):
+                waited = (
+                    self._wait_for_chunk(self.lockstep_timeout)
+                    if started
+                    else self._wait_for_chunk(self.startup_timeout, announce_every=15.0)
+                )
+                if not waited:
                     if not started:
                         raise StartupTimeout(
                             f"no action chunk within startup_timeout={self.startup_timeout:g} s: is the inference "
