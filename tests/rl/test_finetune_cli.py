@@ -46,3 +46,37 @@ def test_gaussian_baseline_runs_in_the_same_harness(lowdim_package, tmp_path):
     assert card["evaluation"]["episodes"] == 1
     assert card["finetuning"]["algo"] == "gaussian"
     assert actor.log_std.shape == (4, 7)
+
+
+@pytest.fixture(scope="module")
+def pixel_package(tmp_path_factory):
+    """A randomly initialised pixel Lift package: one 32 px agentview camera + proprio, small ViT and denoiser."""
+    from d2ppo.envs import default_env_args
+    from d2ppo.model import PolicyConfig
+    from d2ppo.obs import ObsSpec
+    from d2ppo.package import make_random_policy, write_card
+
+    spec = ObsSpec(camera_names=("agentview",), image_size=32)
+    cfg = PolicyConfig(mlp_dims=(64, 64, 64), vit_dim=32, vit_heads=2, spatial_emb=32)
+    path = make_random_policy(tmp_path_factory.mktemp("pkg") / "lift_pixels", spec=spec, cfg=cfg, seed=0)
+    card = load_policy(path).card
+    card["env_args"] = default_env_args("lift", camera_names=("agentview",), image_size=32)
+    write_card(path, card)
+    return path
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("train_encoder", [False, True], ids=["frozen-vit", "vit-fine-tuned"])
+def test_one_iteration_from_pixels_renders_the_camera_and_updates_the_actor(pixel_package, tmp_path, train_encoder):
+    """The pixel path: rendered agentview images -> ViT features (critic input) -> PPO update -> package."""
+    out = tmp_path / "ft"
+    extra = ["--train-encoder"] if train_encoder else []
+    main(["--policy", str(pixel_package), "--out", str(out), "--run-dir", str(tmp_path / "run"),
+          "--final-eval-episodes", "1", *TINY, *extra])
+    pkg = load_policy(out)
+    assert pkg.card["obs"]["camera_names"] == ["agentview"]
+    assert pkg.card["finetuning"]["config"]["ppo"]["train_encoder"] is train_encoder
+    before, after = load_policy(pixel_package).model, pkg.model
+    moved = lambda a, b: any(not (x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
+    assert moved(before.denoiser, after.denoiser)
+    assert moved(before.encoder, after.encoder) is train_encoder
