@@ -32,5 +32,5 @@ fi
 RUN=runs/rl/ft_${ARM}_s${SEED}
 $PY -m d2ppo.rl.finetune --policy "$PRE/policy" --out "$RUN/package" --run-dir "$RUN" --algo "$ALGO" \
   --iterations 200 --max-minutes 28 --envs 4 --workers 2 --steps-per-iter 100 --max-env-steps 160 \
-  --eval-every 5 --eval-episodes 16 --noise-eta 0 --actor-lr 1e-5 --clip-base 0.005 --clip-last 0.05 \
-  --target-kl 0.005 --update-epochs 10 --minibatch-size 100 --critic-warmup 3 --seed "$SEED"
+  --eval-every 3 --eval-episodes 16 --noise-eta 0 --actor-lr 1e-5 --clip-base 0.005 --clip-last 0.05 \
+  --target-kl 0.005 --update-epochs 10 --minibatch-size 100 --critic-warmup 1 --seed "$SEED"
