@@ -11,7 +11,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from d2ppo.package import load_policy
 
 ROOT = Path(__file__).resolve().parents[2]

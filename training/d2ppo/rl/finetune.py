@@ -62,7 +62,8 @@ class FinetuneConfig:
     final_eval_workers: int = 1  # d2ppo.evaluate's default; its episode seeds depend on the worker count
     seed: int = 0
     # torch threads for the update; rollouts always use 1. Measured on the 2-core machine: with no other jobs,
-    # 2 threads cut the update of 8 envs x 100 steps from 17-19 s to 11-13 s (the env workers wait meanwhile);
+    # 2 threads cut the update of 8 envs x 100 steps from a median of 18.4 s to 11.5 s (the env workers wait
+    # meanwhile);
     # under load ~10 from other jobs, 2 threads made the update 6x and inference 30x slower than 1.
     threads: int = 1
     max_minutes: float | None = None  # stop after this wall time (checked between iterations)
