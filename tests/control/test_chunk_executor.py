@@ -81,7 +81,7 @@ def test_older_or_equal_stamp_chunk_is_ignored_and_counted():
     assert ex.submit(chunk(10.0, [0.1, 0.2]), now=10.11) == 0
     assert ex.submit(chunk(10.1, [0.3, 0.3]), now=10.12) == 0
     assert ex.stats()["chunks_ignored_old"] == 2
-    assert [x for _, x, _ in run(ex, 10.1, 2)] == [0.35, 0.45]
+    assert [x for _, x, _ in run(ex, 10.12, 2)] == [0.35, 0.45]
 
 
 def test_chunk_with_nan_is_rejected_whole_and_cancels_pending_actions():
@@ -166,3 +166,49 @@ def test_stats_expose_every_counter():
         "pending_actions",
     ):
         assert key in s
+
+
+def test_chunk_stamped_more_than_one_period_ahead_is_rejected_and_counted():
+    ex = make_executor()
+    assert ex.submit(chunk(10.0 + P, [0.1]), now=10.0) == 1  # exactly one period ahead: fine
+    assert ex.submit(chunk(10.0 + 1.5 * P, [0.2]), now=10.0) == 0
+    assert ex.submit(chunk(3600.0, [0.3]), now=10.0) == 0  # a publisher clock an hour ahead
+    assert ex.stats()["chunks_rejected_future"] == 2
+    assert [x for _, x, _ in run(ex, 10.05, 2)] == [0.1, None]
+
+
+def test_only_the_active_source_is_executed():
+    ex = make_executor()
+    ex.set_source("policy")
+    teleop = ActionChunk(stamp=10.0, period=P, actions=np.zeros((1, 7)), source="teleop")
+    unmarked = ActionChunk(stamp=10.0, period=P, actions=np.zeros((1, 7)))
+    assert ex.submit(teleop, now=10.0) == 0 and ex.submit(unmarked, now=10.0) == 0
+    assert ex.stats()["chunks_other_source"] == 2
+    policy = chunk(10.0, [0.1, 0.2, 0.3])
+    policy = ActionChunk(stamp=policy.stamp, period=P, actions=policy.actions, source="policy")
+    assert ex.submit(policy, now=10.0) == 3
+    assert ex.tick(10.0, EE).source == "policy"
+    # a live teleop sending zero-motion chunks does not keep the watchdog fed while the policy is silent
+    for k in range(1, 20):
+        ex.submit(ActionChunk(stamp=10.0 + k * P, period=P, actions=np.zeros((1, 7)), source="teleop"), 10.0 + k * P)
+    assert ex.tick(11.0, EE).reason == "watchdog"
+    # switching the source cancels the other source's pending actions
+    ex.submit(ActionChunk(stamp=11.0, period=P, actions=np.zeros((4, 7)), source="policy"), now=11.0)
+    ex.set_source("teleop")
+    assert ex.pending == 0
+    with pytest.raises(ValueError, match="source"):
+        ex.set_source("joystick")
+
+
+def test_backward_clock_jump_clears_the_queue_and_trips_the_watchdog():
+    ex = make_executor()
+    ex.submit(chunk(100.0, [0.1, 0.2, 0.3, 0.4]), now=100.0)
+    assert ex.tick(100.0, EE).action[0] == pytest.approx(0.1)
+    cmd = ex.tick(5.0, EE)  # /clock restarted
+    assert cmd.reason == "watchdog" and ex.pending == 0
+    s = ex.stats()
+    assert s["clock_jumps_back"] == 1 and s["watchdog_trips"] == 1 and s["actions_cancelled"] == 3
+    # it holds until a valid chunk on the new time line arrives (its stamp may be older than the last one)
+    assert ex.tick(5.05, EE).reason == "watchdog"
+    assert ex.submit(chunk(5.1, [0.5]), now=5.1) == 1
+    assert ex.tick(5.1, EE).action[0] == pytest.approx(0.5)

@@ -102,7 +102,7 @@ def test_step_exactly_at_the_limit_is_not_clipped():
 
 
 def test_oversize_rotation_is_clipped():
-    env = envelope(max_rotation_per_step=0.1)
+    env = envelope(max_rotation_per_step=0.1, max_angular_velocity=100.0)
     d = env.check(act(rx=1.0, rz=1.0), CENTRE, DT)
     assert d.reason == "clipped_rotation"
     assert np.linalg.norm(d.action[3:6] * 0.5) == pytest.approx(0.1)
@@ -137,8 +137,61 @@ def test_unknown_safety_parameter_is_an_error(tmp_path):
         {"max_translation_per_step": float("nan")},
         {"workspace_mode": "ignore"},
         {"max_reflex_retries": -1},
+        {"max_angular_velocity": 0.0},
+        {"max_tool_tilt": 0.0},
+        {"tool_axis_nominal": (0.0, 0.0, 0.0)},
+        {"finger_half_span": -0.01},
     ],
 )
 def test_invalid_limits_are_refused(bad):
     with pytest.raises(ValueError):
         SafetyLimits(**bad)
+
+
+#: Gripper pointing straight down (franky-sim's start orientation: 180 degrees about x), xyzw.
+DOWN = np.array([1.0, 0.0, 0.0, 0.0])
+
+
+def tilted(angle: float) -> np.ndarray:
+    """DOWN tilted by ``angle`` rad about the base x axis."""
+    from d2ppo_control.osc import axis_angle_to_quat, quat_multiply
+
+    return quat_multiply(axis_angle_to_quat([angle, 0.0, 0.0]), DOWN)
+
+
+def test_fast_rotation_is_clipped_to_the_angular_speed_limit():
+    env = envelope(max_angular_velocity=1.0)  # 0.05 rad per 0.05 s step
+    d = env.check(act(rz=0.5), CENTRE, DT, DOWN)  # 0.25 rad asked
+    assert "clipped_angular_velocity" in d.reason
+    assert np.linalg.norm(d.action[3:6] * 0.5) == pytest.approx(0.05)
+    assert env.counters["clipped_angular_velocity"] == 1
+
+
+def test_rotation_out_of_the_orientation_cone_is_dropped_and_translation_kept():
+    env = envelope(max_angular_velocity=100.0, max_rotation_per_step=1.0, max_tool_tilt=0.785)
+    start = tilted(0.7)  # 40 degrees, inside the 45-degree cone
+    d = env.check(act(x=0.2, rx=0.4), CENTRE, DT, start)  # +0.2 rad would reach 52 degrees
+    assert d.status == "clipped" and "clipped_orientation" in d.reason
+    np.testing.assert_allclose(d.action[3:6], 0.0)
+    assert d.action[0] == pytest.approx(0.2)
+    np.testing.assert_allclose(d.target_quat, start / np.linalg.norm(start), atol=1e-12)
+    assert env.tool_tilt(d.target_quat) == pytest.approx(0.7)
+    # a rotation back towards the cone is allowed, also from outside it
+    d = env.check(act(rx=-0.2), CENTRE, DT, tilted(1.0))
+    assert d.status == "accepted" and env.tool_tilt(d.target_quat) == pytest.approx(0.9)
+    # yaw about the tool axis never changes the tilt
+    assert env.check(act(rz=1.0), CENTRE, DT, DOWN).status == "accepted"
+
+
+def test_box_applies_to_the_fingertips():
+    env = envelope(workspace_min=(0.25, -0.35, 0.02), workspace_max=(0.75, 0.35, 0.70), finger_half_span=0.04)
+    near_side = np.array([0.5, 0.32, 0.35])  # TCP 3 cm inside the y wall
+    # fingers along base y (DOWN: tool y axis = -base y): a fingertip would be 1 cm outside
+    assert env.check(act(), near_side, DT, DOWN).reason == "rejected_workspace"
+    # yawed 90 degrees the fingers lie along x and the same TCP position is fine
+    from d2ppo_control.osc import axis_angle_to_quat, quat_multiply
+
+    yawed = quat_multiply(axis_angle_to_quat([0.0, 0.0, np.pi / 2]), DOWN)
+    assert env.check(act(), near_side, DT, yawed).status == "accepted"
+    # without an orientation only the TCP is checked (callers that do not know it)
+    assert env.check(act(), near_side, DT).status == "accepted"

@@ -32,7 +32,7 @@ def main() -> None:
     actions = np.tile(action, (args.horizon, 1))
     next_t = time.time()
     while True:
-        pub.publish(chunk_to_msg(ActionChunk(stamp=time.time(), period=args.period, actions=actions)))
+        pub.publish(chunk_to_msg(ActionChunk(stamp=time.time(), period=args.period, actions=actions, source="policy")))
         next_t += args.horizon * args.period
         time.sleep(max(0.0, next_t - time.time()))
 

@@ -33,6 +33,7 @@ STREAMER = Path(__file__).with_name("chunk_streamer.py")
 def ros_env(domain_id: int) -> dict[str, str]:
     env = dict(os.environ)
     env["ROS_DOMAIN_ID"] = str(domain_id)
+    env["ROS_AUTOMATIC_DISCOVERY_RANGE"] = "LOCALHOST"  # DESIGN.md: tests discover on localhost only
     env["FASTDDS_BUILTIN_TRANSPORTS"] = "UDPv4"
     env.pop("RMW_IMPLEMENTATION", None)
     env["PYTHONUNBUFFERED"] = "1"
@@ -218,6 +219,7 @@ class RosProbe:
         self.chunk_pub = self.node.create_publisher(JointTrajectory, "policy/action_chunk", 10)
         self.last_chunk_end = -np.inf  # time.time() at which the last published action is due
         self.poses: list[tuple[float, np.ndarray]] = []  # (receive time.time(), xyz)
+        self.quats: list[np.ndarray] = []  # xyzw, one per entry of poses
         self.joint_msgs: list[tuple[float, object]] = []
         self.diags: list[tuple[float, dict[str, str], int, str]] = []
         self._lock = threading.Lock()
@@ -247,9 +249,10 @@ class RosProbe:
 
     # -- recording ---------------------------------------------------------------------------------------
     def _on_pose(self, msg) -> None:
-        p = msg.pose.position
+        p, o = msg.pose.position, msg.pose.orientation
         with self._lock:
             self.poses.append((time.time(), np.array([p.x, p.y, p.z])))
+            self.quats.append(np.array([o.x, o.y, o.z, o.w]))
 
     def _on_joints(self, msg) -> None:
         with self._lock:
@@ -324,12 +327,14 @@ class RosProbe:
         return self.pose()
 
     # -- acting ------------------------------------------------------------------------------------------
-    def publish_chunk(self, actions: np.ndarray, stamp: float | None = None, period: float = 0.05) -> float:
+    def publish_chunk(
+        self, actions: np.ndarray, stamp: float | None = None, period: float = 0.05, source: str = "policy"
+    ) -> float:
         from d2ppo_control.chunk import ActionChunk
         from d2ppo_control.ros_conversions import chunk_to_msg
 
         stamp = time.time() if stamp is None else stamp
-        chunk = ActionChunk(stamp=stamp, period=period, actions=np.asarray(actions))
+        chunk = ActionChunk(stamp=stamp, period=period, actions=np.asarray(actions), source=source)
         self.chunk_pub.publish(chunk_to_msg(chunk))
         self.last_chunk_end = max(self.last_chunk_end, chunk.end_time)
         return stamp
@@ -343,6 +348,24 @@ class RosProbe:
         req = self._SetBool.Request()
         req.data = on
         return self._call(self.enable_cli, req)
+
+    def set_parameter(self, node: str, name: str, value: str):
+        """Set a string parameter of ``node`` (e.g. "/franka_node") through its set_parameters service;
+        returns the SetParametersResult."""
+        from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
+        from rcl_interfaces.srv import SetParameters
+
+        client = self.node.create_client(SetParameters, f"{node}/set_parameters")
+        try:
+            if not client.wait_for_service(timeout_sec=10.0):
+                raise TimeoutError(f"{node}/set_parameters not available")
+            req = SetParameters.Request()
+            req.parameters = [
+                Parameter(name=name, value=ParameterValue(type=ParameterType.PARAMETER_STRING, string_value=value))
+            ]
+            return self._call(client, req).results[0]
+        finally:
+            self.node.destroy_client(client)
 
     def trigger(self, which: str):
         return self._call({"home": self.home_cli, "stop": self.stop_cli}[which], self._Trigger.Request())

@@ -5,12 +5,15 @@ failing — a hardware condition neither franky-sim nor franka-sim can produce. 
 show (real reflexes, recovery, chunk execution) is tested against one in the other modules here.
 """
 
+import threading
+import time
+
 import numpy as np
 import pytest
 from d2ppo_control.chunk import ActionChunk
 from d2ppo_control.safety import SafetyLimits
 from d2ppo_franka.arm import ArmState, ReflexError
-from d2ppo_franka.controller import ControllerConfig, FrankaController, GripperLatch
+from d2ppo_franka.controller import DEFAULT_HOME_JOINTS, ControllerConfig, FrankaController, GripperLatch
 
 
 def test_gripper_latch_has_hysteresis():
@@ -58,22 +61,42 @@ class UnrecoverableArm:
 
 
 def drive(ctrl: FrankaController, t0: float, n_chunks: int) -> float:
+    """Submit one chunk and tick every 0.5 s, letting the worker's recovery finish after each tick."""
     t = t0
     for _ in range(n_chunks):
-        ctrl.submit_chunk(ActionChunk(stamp=t, period=0.05, actions=np.tile([0.2, 0, 0, 0, 0, 0, -1.0], (1, 1))), t)
+        chunk = ActionChunk(stamp=t, period=0.05, actions=np.tile([0.2, 0, 0, 0, 0, 0, -1.0], (1, 1)), source="policy")
+        ctrl.submit_chunk(chunk, t)
         ctrl.step(t)
+        ctrl.wait_idle()
+        ctrl.step(t + 0.01)
         t += 0.5
     return t
 
 
-def test_failed_recovery_stops_after_max_retries_and_latches_a_fault():
+def enabled_controller(arm, limits: SafetyLimits, config: ControllerConfig | None = None) -> FrankaController:
+    ctrl = FrankaController(arm, limits, config)
+    ok, message = ctrl.set_enabled(True)
+    assert ok and ctrl.enabled, message
+    return ctrl
+
+
+def test_the_controller_starts_disabled_and_executes_nothing_until_enabled():
+    arm = UnrecoverableArm(recover_ok=True)
+    ctrl = FrankaController(arm, SafetyLimits())
+    drive(ctrl, 100.0, 2)
+    assert arm.moves == 0 and ctrl.counters.chunks_ignored_disabled == 2
+    level, message, values = ctrl.diagnostics()
+    assert values["enabled"] == 0 and "start_enabled" in values["disabled_reason"]
+
+
+def test_failed_recovery_uses_the_attempt_budget_and_latches_a_fault():
     arm = UnrecoverableArm(recover_ok=False)
-    ctrl = FrankaController(arm, SafetyLimits(max_reflex_retries=3))
+    ctrl = enabled_controller(arm, SafetyLimits(max_reflex_retries=3))
     drive(ctrl, 100.0, 1)
     assert arm.recover_calls == 3
-    assert ctrl.faulted and ctrl.counters.recovery_failures == 1
+    assert ctrl.faulted and not ctrl.enabled and ctrl.counters.recovery_failures == 1
     level, message, values = ctrl.diagnostics()
-    assert level == 2 and "recovery failed after 3 attempts" in message and values["reflexes"] == 1
+    assert level == 2 and "recovery failed after 3 attempt(s)" in message and values["reflexes"] == 1
     # faulted: chunks are ignored, nothing is sent to the arm
     moves = arm.moves
     drive(ctrl, 101.0, 2)
@@ -82,28 +105,132 @@ def test_failed_recovery_stops_after_max_retries_and_latches_a_fault():
 
 def test_zero_retries_means_no_recovery_attempt():
     arm = UnrecoverableArm(recover_ok=True)
-    ctrl = FrankaController(arm, SafetyLimits(max_reflex_retries=0))
+    ctrl = enabled_controller(arm, SafetyLimits(max_reflex_retries=0))
     drive(ctrl, 100.0, 1)
     assert arm.recover_calls == 0 and ctrl.faulted
 
 
-def test_recovered_reflexes_in_a_row_beyond_the_bound_latch_a_fault():
+def test_a_recovered_reflex_disables_the_controller_until_the_operator_enables():
     arm = UnrecoverableArm(recover_ok=True)
-    ctrl = FrankaController(arm, SafetyLimits(max_reflex_retries=2), ControllerConfig(reflex_streak_reset_s=5.0))
-    drive(ctrl, 100.0, 2)  # two reflexes 0.5 s apart, each recovered at the first attempt
-    assert not ctrl.faulted and ctrl.counters.reflex_recoveries == 2
-    drive(ctrl, 101.0, 1)  # the third in a row exceeds the bound
-    assert ctrl.faulted and "3 reflexes in a row" in ctrl.fault_message
-    ok, _ = ctrl.set_enabled(True)
-    assert ok and not ctrl.faulted
+    ctrl = enabled_controller(arm, SafetyLimits(max_reflex_retries=2))
+    drive(ctrl, 100.0, 1)
+    assert arm.recover_calls == 1 and ctrl.counters.reflex_recoveries == 1
+    assert not ctrl.faulted and not ctrl.enabled and ctrl.disabled_reason.startswith("reflex")
+    moves = arm.moves
+    drive(ctrl, 200.0, 3)  # however long afterwards: nothing runs
+    assert arm.moves == moves
+    assert ctrl.set_enabled(True)[0]
+    drive(ctrl, 300.0, 1)
+    assert arm.moves == moves + 1  # ran again (and reflexed again), only after the operator's enable
 
 
-def test_reflexes_far_apart_do_not_accumulate():
-    arm = UnrecoverableArm(recover_ok=True)
-    ctrl = FrankaController(arm, SafetyLimits(max_reflex_retries=1), ControllerConfig(reflex_streak_reset_s=1.0))
-    for k in range(4):
-        drive(ctrl, 100.0 + 10.0 * k, 1)
-    assert not ctrl.faulted and ctrl.counters.reflexes == 4
+def test_recovery_attempts_are_capped_per_enable():
+    """Reflexes far apart no longer recover forever: each needs an enable, and one enable's budget is
+    max_reflex_retries attempts, however the attempts are spread."""
+    arm = UnrecoverableArm(recover_ok=False)
+    ctrl = enabled_controller(arm, SafetyLimits(max_reflex_retries=2))
+    drive(ctrl, 100.0, 1)
+    assert arm.recover_calls == 2 and ctrl.faulted
+    arm.recover_ok = True
+    assert ctrl.set_enabled(True)[0]  # the operator's enable recovers (one attempt) and enables
+    ctrl.wait_idle()
+    ctrl.step(200.0)
+    assert ctrl.enabled and not ctrl.faulted and arm.recover_calls == 3
+
+
+class WorkingArm(UnrecoverableArm):
+    """A stand-in arm whose moves succeed; recover() can be made to block (a slow recovery)."""
+
+    def __init__(self):
+        super().__init__(recover_ok=True)
+        self.recover_gate = threading.Event()
+        self.recover_gate.set()
+        self.stops = 0
+        self.joint_moves = 0
+
+    def move_to(self, pos, quat):
+        self.moves += 1
+
+    def recover(self):
+        self.recover_gate.wait(10.0)
+        return super().recover()
+
+    def stop(self):
+        self.stops += 1
+
+    def move_joints(self, joints, factor):
+        self.joint_moves += 1
+
+    def read_state(self):
+        return ArmState(
+            np.array(DEFAULT_HOME_JOINTS), np.zeros(7), np.array([0.5, 0.0, 0.4]), np.array([1.0, 0, 0, 0]), 0.08, False
+        )
+
+
+def test_a_watchdog_trip_disables_the_controller():
+    arm = WorkingArm()
+    ctrl = enabled_controller(arm, SafetyLimits(watchdog_timeout=0.5))
+    ctrl.submit_chunk(ActionChunk(stamp=10.0, period=0.05, actions=np.zeros((1, 7)), source="policy"), 10.0)
+    ctrl.step(10.0)
+    ctrl.step(10.6)  # no chunk for 0.6 s
+    assert not ctrl.enabled and ctrl.disabled_reason.startswith("watchdog")
+    assert ctrl.submit_chunk(ActionChunk(stamp=10.6, period=0.05, actions=np.zeros((1, 7)), source="policy"), 10.6) == 0
+
+
+def test_stop_during_a_blocking_recovery_returns_at_once_and_nothing_resumes():
+    arm = WorkingArm()
+    ctrl = enabled_controller(arm, SafetyLimits())
+    ctrl.faulted, ctrl.fault_message = True, "test fault"
+    arm.recover_gate.clear()  # recovery now blocks until released
+    ok, message = ctrl.set_enabled(True)  # the operator's enable starts a recovery on the worker
+    assert ok and "recovering" in message
+    t0 = time.monotonic()
+    assert ctrl.step(1.0).reason == "recovery"
+    ok, message = ctrl.stop()
+    assert ok and time.monotonic() - t0 < 0.05, message  # served at once, not after the recovery
+    arm.recover_gate.set()
+    ctrl.wait_idle()
+    ctrl.step(1.05)
+    assert not ctrl.enabled and not ctrl.faulted  # recovered, but the stop cancelled the enable
+    assert ctrl.disabled_reason == "stopped by the operator"
+
+
+def test_home_is_refused_unless_enabled_not_faulted_and_inside_the_envelope():
+    arm = WorkingArm()
+    ctrl = FrankaController(arm, SafetyLimits())
+    ok, message = ctrl.home()
+    assert not ok and "disabled" in message and arm.joint_moves == 0
+    ctrl.set_enabled(True)
+    ctrl.faulted = True
+    assert not ctrl.home()[0]
+    ctrl.faulted = False
+    bad_limits = FrankaController(arm, SafetyLimits(), ControllerConfig(home_joints=(0, 0, 0, 0.5, 0, 1.57, 0.785)))
+    bad_limits.set_enabled(True)
+    ok, message = bad_limits.home()
+    assert not ok and "joint limits at joint(s) [4]" in message
+    # the default home pose puts the TCP at x = 0.307 m: outside a box that starts at x = 0.35
+    narrow = FrankaController(arm, SafetyLimits(workspace_min=(0.35, -0.3, 0.1)))
+    narrow.set_enabled(True)
+    ok, message = narrow.home()
+    assert not ok and "outside the workspace box" in message
+    tilted = FrankaController(arm, SafetyLimits(), ControllerConfig(home_joints=(0, -0.785, 0, -2.356, 0, 0.6, 0.785)))
+    tilted.set_enabled(True)
+    ok, message = tilted.home()
+    assert not ok and "tilts the tool" in message
+    assert arm.joint_moves == 0 and ctrl.counters.homes_refused == 2
+    ok, message = ctrl.home()
+    assert ok, message
+    ctrl.wait_idle()
+    assert arm.joint_moves == 1
+
+
+def test_home_target_check_uses_the_panda_kinematics():
+    """Forward kinematics against franky-sim's reported start pose (0.554, 0, 0.521), gripper down."""
+    from d2ppo_franka.kinematics import forward_kinematics
+
+    pos, quat = forward_kinematics([0.0, 0.0, 0.0, -1.57, 0.0, 1.57, 0.785])
+    np.testing.assert_allclose(pos, [0.554, 0.0, 0.521], atol=0.001)
+    assert abs(quat[0]) == pytest.approx(1.0, abs=1e-3)
 
 
 def test_shipped_franka_yaml_documents_the_node_defaults():

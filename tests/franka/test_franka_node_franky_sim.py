@@ -48,6 +48,9 @@ class Rig:
     probe: RosProbe
     log_dir: Path
     start_pose: np.ndarray
+    #: m the arm moved for a chunk published before anyone called controller/enable (shipped profile).
+    moved_before_enable: float
+    diag_before_enable: dict
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +76,13 @@ def rig(tmp_path_factory):
         )
         probe = RosProbe(DOMAIN)
         probe.wait_ready(timeout=40.0)
-        yield Rig(sim, node, probe, log_dir, probe.wait_still())
+        start = probe.wait_still()
+        # the shipped profile: a chunk before the operator's enable must not move the arm
+        t0 = time.time()
+        probe.publish_chunk(actions(2, x=0.5))
+        time.sleep(1.0)
+        moved, _ = max_travel_since(probe, t0)
+        yield Rig(sim, node, probe, log_dir, start, moved, probe.fresh_diag())
     finally:
         if probe is not None:
             probe.close()
@@ -113,6 +122,7 @@ def counters_after(probe: RosProbe, *keys: str) -> dict[str, float]:
 def go_to(probe: RosProbe, target: np.ndarray, tol: float = 0.002) -> None:
     """Drive the EE back near ``target`` with one in-limit step (<= 0.025 m) at a time, waiting for arrival
     after each: a longer chunk would be cut at max_tracking_lead when the slow sim lags."""
+    assert probe.set_enabled(True).success  # a watchdog trip in the test may have disabled the controller
     for _ in range(12):
         delta = target - probe.pose()
         dist = float(np.linalg.norm(delta))
@@ -215,6 +225,7 @@ def test_gripper_closes_and_opens(probe):
     probe.publish_chunk(actions(2, g=1.0))
     probe.wait_for(lambda: width() < 0.01, 6.0, "fingers closed")
     closed = width()
+    assert probe.set_enabled(True).success  # the 0.5 s watchdog disabled the controller while the fingers closed
     probe.publish_chunk(actions(2, g=-1.0))
     probe.wait_for(lambda: width() > 0.07, 6.0, "fingers open")
     print(f"\n[gripper] closed width {closed:.4f} m, open width {width():.4f} m")
@@ -330,6 +341,15 @@ def test_watchdog_holds_within_two_control_periods_when_chunks_stop(probe):
     # Before the trip it runs towards the last accepted target, set at most lead + one step ahead of the
     # arm; the chunk's remaining actions still run for up to 0.15 s after it arrived.
     assert travel <= MAX_TRACKING_LEAD + 0.005 + 0.03
+    # the trip disabled the controller: a policy that comes back does not move the arm until the operator enables
+    d = probe.fresh_diag()
+    assert d["enabled"] == "0" and d["disabled_reason"].startswith("watchdog"), d["disabled_reason"]
+    t_back = time.time()
+    probe.publish_chunk(actions(2, y=-0.5))
+    time.sleep(0.6)
+    moved_after, _ = max_travel_since(probe, t_back)
+    print(f"[watchdog] a chunk after the trip moved the disabled arm {moved_after * 1000:.2f} mm")
+    assert moved_after < 0.001
     go_to(probe, p0)
     # Never past the 0.1 m the five chunks commanded (1 mm for the sim's settling, not a motion).
     assert np.linalg.norm(p_still - p0) <= 0.1 + 0.001
@@ -472,9 +492,22 @@ def test_node_reports_a_missing_robot_and_connects_once_it_appears(tmp_path):
         print(f"\n[no robot] level {level}: {message[:120]}")
         assert level == 2 and values["connected"] == "0" and "disconnected" in message
         assert node.proc.poll() is None
+        # connection attempts run on the worker: stop is served at once while one is in progress
+        assert probe.stop_cli.wait_for_service(timeout_sec=10.0)
+        t0 = time.monotonic()
+        resp = probe.trigger("stop")
+        latency = time.monotonic() - t0
+        print(f"[no robot] controller/stop answered in {latency * 1000:.1f} ms while connecting: {resp.message}")
+        assert resp.success and latency < 0.5
         sim = start_franky_sim(host, tmp_path)
         probe.wait_for(lambda: probe.latest_diag()["connected"] == "1", 15.0, "the node to connect")
         probe.wait_for(lambda: len(probe.poses) > 10, 10.0, "ee_pose from the late robot")
+        # connected, but not enabled: a chunk does not move the arm
+        p0 = probe.wait_still()
+        probe.publish_chunk(actions(2, x=0.5))
+        time.sleep(0.8)
+        assert probe.fresh_diag()["enabled"] == "0"
+        assert np.linalg.norm(probe.pose() - p0) < 0.001
     finally:
         if probe is not None:
             probe.close()
@@ -495,6 +528,7 @@ def test_node_runs_in_a_namespace(tmp_path):
         )
         probe = RosProbe(domain, namespace="/robot1")
         probe.wait_ready(timeout=30.0)
+        assert probe.set_enabled(True).success
         p0 = probe.wait_still()
         probe.publish_chunk(actions(2, z=-0.5))
         assert settle(probe)[2] - p0[2] == pytest.approx(-0.05, abs=0.005)
@@ -505,3 +539,176 @@ def test_node_runs_in_a_namespace(tmp_path):
         if node is not None:
             node.stop()
         sim.stop()
+
+
+# -- issue 11: faults injected, the robot's state read back through franky-sim -------------------------------
+
+
+def tool_tilts(probe: RosProbe, since: float) -> list[float]:
+    """Angles (rad) between the measured tool z axis and straight down, for poses received since ``since``."""
+    from d2ppo_control.osc import quat_to_matrix
+
+    with probe._lock:
+        quats = [q for (t, _), q in zip(probe.poses, probe.quats) if t >= since]
+    return [float(np.arccos(np.clip(-quat_to_matrix(q)[2, 2], -1.0, 1.0))) for q in quats]
+
+
+def test_shipped_profile_starts_disabled(rig):
+    """launch/franka.yaml as shipped: a chunk published before controller/enable does not move the arm."""
+    d = rig.diag_before_enable
+    print(f"\n[start disabled] a 2 x 0.025 m chunk before enable moved the arm {rig.moved_before_enable * 1000:.2f} mm")
+    assert rig.moved_before_enable < 0.001
+    assert d["enabled"] == "0" and "start_enabled" in d["disabled_reason"]
+    assert float(d["chunks_ignored_disabled"]) >= 1
+
+
+def test_home_is_refused_while_disabled_and_the_arm_stays(probe):
+    assert probe.set_enabled(False).success
+    with probe._lock:
+        q0 = np.array(probe.joint_msgs[-1][1].position[:7])
+    t0 = time.time()
+    resp = probe.trigger("home")
+    time.sleep(1.0)
+    with probe._lock:
+        q1 = np.array(probe.joint_msgs[-1][1].position[:7])
+    moved, _ = max_travel_since(probe, t0)
+    print(f"\n[home while disabled] refused: {resp.message!r}; joints moved {np.abs(q1 - q0).max():.4f} rad, "
+          f"EE {moved * 1000:.2f} mm")
+    assert not resp.success and "disabled" in resp.message
+    assert np.abs(q1 - q0).max() < 0.005 and moved < 0.001
+
+
+def test_stop_interrupts_a_home_motion(probe, rig):
+    p0 = probe.pose()
+    probe.publish_chunk(actions(3, x=-0.5, z=-0.5))
+    settle(probe)
+    with probe._lock:
+        q_away = np.array(probe.joint_msgs[-1][1].position[:7])
+    resp = probe.trigger("home")
+    assert resp.success, resp.message
+    probe.wait_for(lambda: probe.latest_diag()["homing"] == "1", 5.0, "homing to start")
+    time.sleep(0.15)
+    t0 = time.monotonic()
+    stop = probe.trigger("stop")
+    latency = time.monotonic() - t0
+    p_stop = probe.pose()
+    p_rest = probe.wait_still(timeout=10.0)
+    with probe._lock:
+        q_rest = np.array(probe.joint_msgs[-1][1].position[:7])
+    d = probe.fresh_diag()
+    remaining = np.abs(q_rest - np.array(START_JOINTS)).max()
+    print(f"\n[stop during home] service answered in {latency * 1000:.1f} ms; EE travel after the stop "
+          f"{np.linalg.norm(p_rest - p_stop) * 1000:.1f} mm; joints still {remaining:.3f} rad from home "
+          f"(were {np.abs(q_away - np.array(START_JOINTS)).max():.3f})")
+    assert stop.success, stop.message
+    assert latency < 0.5  # a DDS service round trip on the loaded 2-core box; the node answers within a tick
+    assert d["homing"] == "0" and d["enabled"] == "0"
+    assert remaining > 0.01, "the stop did not interrupt the home motion"
+    go_to(probe, p0)
+
+
+def test_long_roll_command_keeps_the_tool_inside_the_orientation_cone(probe):
+    t0 = time.time()
+    before = counters_after(probe, "safety_clipped_orientation")["safety_clipped_orientation"]
+    for _ in range(6):  # 24 steps of full-scale roll: 12 rad asked, 0.05 rad per step allowed (1 rad/s)
+        probe.publish_chunk(actions(4, rx=1.0))
+        time.sleep(0.2)
+    settle(probe)
+    tilts = tool_tilts(probe, t0)
+    d = probe.fresh_diag()
+    print(f"\n[orientation cone] max tool tilt {np.degrees(max(tilts)):.1f} deg (cone 45 deg), "
+          f"clipped_orientation +{float(d['safety_clipped_orientation']) - before:.0f}, "
+          f"clipped_angular_velocity {d['safety_clipped_angular_velocity']}")
+    assert max(tilts) <= 0.785 + 0.03  # the cone plus franky-sim's tracking error
+    assert float(d["safety_clipped_orientation"]) > before
+    # roll back to pointing down
+    assert probe.set_enabled(True).success
+    for _ in range(5):
+        probe.publish_chunk(actions(4, rx=-1.0))
+        time.sleep(0.2)
+    settle(probe)
+    assert tool_tilts(probe, time.time() - 0.2)[-1] < 0.1
+
+
+def test_fingertips_stay_inside_the_box(probe):
+    """Gripper down, fingers along y: driving +y towards the 0.3 m wall stops the TCP 0.04 m short of it."""
+    p0 = probe.pose()
+    t0 = time.time()
+    key = "safety_rejected_workspace"
+    before = counters_after(probe, key)[key]
+    for _ in range(40):  # +y at 0.025 m per step (the slow arm lags) until the envelope rejects steps
+        probe.publish_chunk(actions(4, y=0.5))
+        time.sleep(0.2)
+        if float(probe.latest_diag()[key]) > before + 4:
+            break
+    p1 = settle(probe)
+    ys = [p[1] for _, p in probe.poses_since(t0)]
+    d = probe.fresh_diag()
+    print(f"\n[fingertips] TCP y reached {max(ys):.4f} m with the wall at {WORKSPACE_MAX[1]} m; "
+          f"rejected_workspace {d['safety_rejected_workspace']}")
+    assert max(ys) <= WORKSPACE_MAX[1] - 0.04 + 0.003
+    assert p1[1] > WORKSPACE_MAX[1] - 0.04 - 0.026  # it did get close (the last allowed step)
+    go_to(probe, p0)
+
+
+def test_chunk_stamped_ahead_of_the_clock_is_rejected(probe):
+    p0 = probe.pose()
+    key = "chunks_rejected_future"
+    before = counters_after(probe, key)[key]
+    t0 = time.time()
+    probe.publish_chunk(actions(4, x=0.5), stamp=time.time() + 1.0)
+    time.sleep(0.6)
+    moved, _ = max_travel_since(probe, t0)
+    after = counters_after(probe, key)[key]
+    print(f"\n[future stamp] chunk 1 s ahead: rejected {after - before:.0f}, arm moved {moved * 1000:.2f} mm")
+    assert after == before + 1 and moved < 0.001
+    assert np.linalg.norm(probe.pose() - p0) < 0.001
+
+
+def test_only_the_active_source_moves_the_arm(probe):
+    p0 = probe.pose()
+    key = "chunks_other_source"
+    before = counters_after(probe, key)[key]
+    t0 = time.time()
+    probe.publish_chunk(actions(2, x=0.5), source="teleop")
+    time.sleep(0.5)
+    moved, _ = max_travel_since(probe, t0)
+    d = probe.fresh_diag()
+    assert float(d[key]) == before + 1 and moved < 0.001 and d["active_source"] == "policy"
+    result = probe.set_parameter("/franka_node", "source", "teleop")
+    assert result.successful, result.reason
+    assert not probe.set_parameter("/franka_node", "source", "joystick").successful
+    try:
+        probe.publish_chunk(actions(2, x=0.5), source="policy")  # now the policy's chunks are the ones dropped
+        time.sleep(0.5)
+        assert np.linalg.norm(probe.pose() - p0) < 0.001
+        probe.publish_chunk(actions(2, x=0.5), source="teleop")
+        p1 = settle(probe)
+        print(f"\n[source] teleop chunk while policy active: {moved * 1000:.2f} mm; after switching: "
+              f"{(p1 - p0)[0] * 1000:.1f} mm")
+        assert (p1 - p0)[0] == pytest.approx(0.05, abs=0.005)
+        assert probe.fresh_diag()["active_source"] == "teleop"
+    finally:
+        assert probe.set_parameter("/franka_node", "source", "policy").successful
+    go_to(probe, p0)
+
+
+def test_controller_executed_reports_what_was_sent_after_the_envelope(probe):
+    from d2ppo_control.ros_conversions import executed_from_msg
+    from trajectory_msgs.msg import JointTrajectory
+
+    got = []
+    sub = probe.node.create_subscription(JointTrajectory, "controller/executed", lambda m: got.append(m), 50)
+    try:
+        p0 = probe.pose()
+        probe.publish_chunk(actions(2, x=1.0))  # 0.05 m per step asked; the envelope clips to 0.025 m
+        settle(probe)
+    finally:
+        probe.node.destroy_subscription(sub)
+    executed = [executed_from_msg(m) for m in got]
+    moves = [a for _, a, src in executed if np.any(a[:6]) and src == "policy"]
+    print(f"\n[executed] {len(executed)} executed actions, first motion {np.round(moves[0], 3).tolist()}")
+    assert len(moves) == 2
+    for a in moves:
+        assert a[0] == pytest.approx(0.5, abs=1e-6)  # clipped to max_translation/velocity: 0.025 m = 0.5
+    go_to(probe, p0)

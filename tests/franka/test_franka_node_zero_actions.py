@@ -97,6 +97,7 @@ def rest_condition(probe: RosProbe, window: float = 1.0, tol: float = 1e-3):
 
 
 def test_zero_actions_after_a_motion_leave_the_arm_still(probe):
+    assert probe.set_enabled(True).success  # the shipped profile starts disabled
     p0 = probe.wait_still(timeout=20.0)
     zero = np.array([0, 0, 0, 0, 0, 0, -1.0])
     before_run = probe.fresh_diag()

@@ -28,6 +28,7 @@ from functools import partial
 
 import rclpy
 from d2ppo_control.ros_conversions import diagnostic_status
+from d2ppo_control.ros_params import refuse_undeclared_parameters
 from d2ppo_inference.ros_messages import camera_frame_id, image_msg
 from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import ParameterDescriptor
@@ -66,6 +67,7 @@ class CameraNode(Node):
         self.declare_parameter("frame_timeout", 2.0)
         self.declare_parameter("reconnect_backoff_max", 8.0)
         self.declare_parameter("diagnostics_period", 1.0)
+        refuse_undeclared_parameters(self)  # before opening any camera
         param = lambda name: self.get_parameter(name).value  # noqa: E731
 
         source = param("source")
@@ -136,7 +138,8 @@ class CameraNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        for stream in self.streams.values():
+        # Unset if __init__ raised (a bad parameter): rclpy.shutdown() still destroys the node.
+        for stream in getattr(self, "streams", {}).values():
             stream.stop()
         super().destroy_node()
 

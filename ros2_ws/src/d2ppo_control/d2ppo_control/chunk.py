@@ -15,6 +15,9 @@ import numpy as np
 #: robosuite OSC_POSE delta: position (x, y, z), axis-angle rotation (roll, pitch, yaw), gripper.
 JOINT_NAMES: tuple[str, ...] = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 ACTION_DIM = len(JOINT_NAMES)
+#: Who may produce chunks; a chunk message names its source in ``header.frame_id`` and a controller executes
+#: only the active source's chunks (``source`` parameter of the franka and sim nodes).
+SOURCES: tuple[str, ...] = ("policy", "teleop")
 
 
 @dataclass(frozen=True)
@@ -26,11 +29,13 @@ class ActionChunk:
         period: seconds between consecutive actions (1 / control rate), > 0.
         actions: float64 ``[T, 7]``; robosuite OSC_POSE delta convention normalised to [-1, 1]
             (full scale = 0.05 m and 0.5 rad per step in the base frame); gripper > 0 closes.
+        source: who produced it ("policy", "teleop"; "" when unknown), carried in ``header.frame_id``.
     """
 
     stamp: float
     period: float
     actions: np.ndarray
+    source: str = ""
 
     def __post_init__(self) -> None:
         actions = np.array(self.actions, dtype=np.float64)  # own copy: the chunk is immutable

@@ -12,6 +12,12 @@ The same class runs in the franka node and the sim node, so sim and real execute
   ignored (out-of-order delivery, a restarted publisher replaying old data);
 * a chunk with NaN/inf anywhere, or a period other than the executor's, is rejected whole and cancels what
   was pending: the policy that produced it is not trusted for the rest of its plan either;
+* a chunk stamped more than one period ahead of the executor's clock is rejected and counted (a publisher
+  whose clock runs ahead would otherwise queue actions for the future without bound);
+* one source at a time: with :attr:`ChunkExecutor.source` set (``"policy"`` or ``"teleop"``), chunks of
+  another source (``ActionChunk.source``, the message's ``header.frame_id``) are dropped and counted;
+* a backward jump of the clock (a restarted ``/clock``, a sim reset) cancels what was pending, forgets
+  the newest stamp and trips the watchdog, so nothing queued against the old time line runs later;
 * every action goes through the :class:`~d2ppo_control.safety.SafetyEnvelope`; a rejected action is a hold;
 * watchdog: once armed by the first valid chunk, if no valid chunk (one with at least one schedulable
   action) arrived for ``limits.watchdog_timeout`` seconds, pending actions are cancelled and every tick
@@ -27,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from d2ppo_control.chunk import ActionChunk
+from d2ppo_control.chunk import SOURCES, ActionChunk
 from d2ppo_control.safety import SafetyEnvelope
 
 MOVE = "move"
@@ -40,6 +46,8 @@ EXECUTOR_COUNTERS = (
     "chunks_ignored_old",
     "chunks_rejected_non_finite",
     "chunks_rejected_period",
+    "chunks_rejected_future",
+    "chunks_other_source",
     "chunks_all_stale",
     "actions_scheduled",
     "actions_executed",
@@ -48,12 +56,15 @@ EXECUTOR_COUNTERS = (
     "actions_replaced",
     "actions_cancelled",
     "watchdog_trips",
+    "clock_jumps_back",
     "holds_watchdog",
     "holds_idle",
 )
 
 #: A chunk's period may differ from the executor's by this fraction (clock rounding in messages).
 _PERIOD_TOLERANCE = 0.05
+#: Seconds the clock may step back between two calls before it counts as a jump (float rounding).
+_CLOCK_JUMP_TOLERANCE = 1e-6
 
 
 @dataclass(frozen=True)
@@ -68,6 +79,7 @@ class Command:
             envelope's rejection counter name; for a move: the envelope's clip reasons or "".
         target_pos: ``[3]`` metres, base-frame end-effector target the envelope checked (moves only).
         due: seconds, the time the executed action was due (moves only).
+        source: the source of the chunk the action came from (moves only).
     """
 
     kind: str
@@ -75,6 +87,7 @@ class Command:
     reason: str = ""
     target_pos: np.ndarray | None = None
     due: float | None = None
+    source: str = ""
 
     @property
     def is_move(self) -> bool:
@@ -84,12 +97,19 @@ class Command:
 class ChunkExecutor:
     """Schedules chunk actions at their times and releases them one per tick through the envelope."""
 
-    def __init__(self, envelope: SafetyEnvelope, period: float, late_tolerance: float | None = None):
+    def __init__(
+        self,
+        envelope: SafetyEnvelope,
+        period: float,
+        late_tolerance: float | None = None,
+        source: str | None = None,
+    ):
         """
         Args:
             envelope: checks every action; its limits also give the watchdog timeout.
             period: seconds between ticks (1 / control rate); chunks must have the same period.
             late_tolerance: seconds an action may be overdue and still run; default one period.
+            source: execute only chunks of this source (see :meth:`set_source`); None accepts every chunk.
         """
         if not (np.isfinite(period) and period > 0.0):
             raise ValueError(f"period must be a positive number of seconds, got {period}")
@@ -100,16 +120,43 @@ class ChunkExecutor:
             raise ValueError(f"late_tolerance must be >= 0, got {late_tolerance}")
         self.counters: dict[str, int] = dict.fromkeys(EXECUTOR_COUNTERS, 0)
         self._pending: deque[tuple[float, np.ndarray]] = deque()
+        self._pending_source = ""
         self._last_stamp: float | None = None
         self._last_valid_at: float | None = None
         self._watchdog_tripped = False
+        self._forced_trip = False  # a clock jump holds like an expired watchdog until a valid chunk arrives
         self._last_now: float | None = None
+        self.source: str | None = None
+        self.set_source(source)
+
+    def set_source(self, source: str | None) -> None:
+        """Execute only chunks whose ``source`` is ``source`` from now on (None: any); what was pending from
+        another source is cancelled."""
+        if source is not None and source not in SOURCES:
+            raise ValueError(f"chunk source must be one of {SOURCES}, got {source!r}")
+        if source != self.source:
+            self._cancel_pending()
+            self._last_stamp = None
+        self.source = source
+
+    def _observe_clock(self, now: float) -> None:
+        """Notice a backward clock jump: cancel pending actions, forget the newest stamp, trip the watchdog."""
+        if self._last_now is not None and now < self._last_now - _CLOCK_JUMP_TOLERANCE:
+            self.counters["clock_jumps_back"] += 1
+            self._cancel_pending()
+            self._last_stamp = None
+            self._forced_trip = True
+        self._last_now = now
 
     # -- input -----------------------------------------------------------------------------------------
     def submit(self, chunk: ActionChunk, now: float) -> int:
         """Schedule a chunk received at ``now`` (seconds); returns how many of its actions were scheduled."""
         c = self.counters
         c["chunks_received"] += 1
+        self._observe_clock(now)
+        if self.source is not None and chunk.source != self.source:
+            c["chunks_other_source"] += 1
+            return 0
         if not chunk.is_finite():
             c["chunks_rejected_non_finite"] += 1
             self._cancel_pending()
@@ -118,12 +165,16 @@ class ChunkExecutor:
             c["chunks_rejected_period"] += 1
             self._cancel_pending()
             return 0
+        if chunk.stamp > now + self.period * (1.0 + 1e-9):
+            c["chunks_rejected_future"] += 1
+            return 0
         if self._last_stamp is not None and chunk.stamp <= self._last_stamp:
             c["chunks_ignored_old"] += 1
             return 0
         c["chunks_accepted"] += 1
         c["actions_replaced"] += len(self._pending)
         self._pending.clear()
+        self._pending_source = chunk.source
         self._last_stamp = chunk.stamp
         oldest_allowed = now - self.late_tolerance
         for i, action in enumerate(chunk.actions):
@@ -139,17 +190,20 @@ class ChunkExecutor:
         else:
             self._last_valid_at = now
             self._watchdog_tripped = False
+            self._forced_trip = False
         return scheduled
 
     # -- output ----------------------------------------------------------------------------------------
-    def tick(self, now: float, ee_pos: np.ndarray) -> Command:
+    def tick(self, now: float, ee_pos: np.ndarray, ee_quat: np.ndarray | None = None) -> Command:
         """The command for the tick at ``now`` (seconds).
 
         Args:
             ee_pos: ``[3]`` metres, base-frame end-effector position the next delta is applied to.
+            ee_quat: ``[4]`` xyzw, the orientation it is applied to (enables the envelope's orientation cone
+                and fingertip checks; controllers pass it).
         """
         c = self.counters
-        self._last_now = now
+        self._observe_clock(now)
         oldest_allowed = now - self.late_tolerance
         while self._pending and self._pending[0][0] < oldest_allowed:
             self._pending.popleft()
@@ -165,18 +219,21 @@ class ChunkExecutor:
 
         if self._pending and self._pending[0][0] <= now + 0.5 * self.period:
             due, action = self._pending.popleft()
-            decision = self.envelope.check(action, ee_pos, self.period)
+            decision = self.envelope.check(action, ee_pos, self.period, ee_quat)
             if not decision.ok:
                 c["actions_rejected"] += 1
-                return Command(HOLD, None, decision.reason, due=due)
+                return Command(HOLD, None, decision.reason, due=due, source=self._pending_source)
             c["actions_executed"] += 1
-            return Command(MOVE, decision.action, decision.reason, decision.target_pos, due)
+            return Command(MOVE, decision.action, decision.reason, decision.target_pos, due, self._pending_source)
 
         c["holds_idle"] += 1
         return Command(HOLD, None, "waiting" if self._last_valid_at is None else "idle")
 
     def watchdog_expired(self, now: float) -> bool:
-        """True once armed and no valid chunk arrived for ``watchdog_timeout`` seconds."""
+        """True once armed and no valid chunk arrived for ``watchdog_timeout`` seconds, or after a backward clock
+        jump until the next valid chunk."""
+        if self._forced_trip:
+            return True
         return self._last_valid_at is not None and now - self._last_valid_at > self.envelope.limits.watchdog_timeout
 
     # -- bookkeeping -----------------------------------------------------------------------------------
@@ -204,6 +261,7 @@ class ChunkExecutor:
         out.update({f"safety_{k}": v for k, v in self.envelope.counters.items()})
         out["pending_actions"] = len(self._pending)
         out["watchdog_tripped"] = int(self._watchdog_tripped)
+        out["active_source"] = self.source or "any"
         age = -1.0
         if self._last_valid_at is not None and self._last_now is not None:
             age = self._last_now - self._last_valid_at
@@ -219,3 +277,5 @@ class ChunkExecutor:
         self._last_stamp = None
         self._last_valid_at = None
         self._watchdog_tripped = False
+        self._forced_trip = False
+        self._last_now = None  # a reset starts a new time line (a sim episode restarts at t = 0)

@@ -40,12 +40,13 @@ def _sec_to_duration(t: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def chunk_to_msg(chunk: ActionChunk, frame_id: str = "") -> JointTrajectory:
-    """ActionChunk -> JointTrajectory: header.stamp = chunk.stamp, points[i].time_from_start = i * period,
-    points[i].positions = action i (7 floats in JOINT_NAMES order)."""
+def chunk_to_msg(chunk: ActionChunk, frame_id: str | None = None) -> JointTrajectory:
+    """ActionChunk -> JointTrajectory: header.stamp = chunk.stamp, header.frame_id = the chunk's source
+    (``frame_id`` overrides it), points[i].time_from_start = i * period, points[i].positions = action i
+    (7 floats in JOINT_NAMES order)."""
     msg = JointTrajectory()
     msg.header.stamp = sec_to_stamp(chunk.stamp)
-    msg.header.frame_id = frame_id
+    msg.header.frame_id = chunk.source if frame_id is None else frame_id
     msg.joint_names = list(JOINT_NAMES)
     points = []
     for i, action in enumerate(chunk.actions):
@@ -93,7 +94,35 @@ def chunk_from_msg(msg: JointTrajectory, default_period: float | None = None) ->
         raise ChunkMessageError("one-point action chunk: period unknown (no default_period given)")
     if not (math.isfinite(period) and period > 0.0):
         raise ChunkMessageError(f"action chunk period must be positive, got {period}")
-    return ActionChunk(stamp=stamp_to_sec(msg.header.stamp) + float(times[0]), period=period, actions=actions)
+    return ActionChunk(
+        stamp=stamp_to_sec(msg.header.stamp) + float(times[0]),
+        period=period,
+        actions=actions,
+        source=str(msg.header.frame_id),
+    )
+
+
+def executed_msg(action: np.ndarray, stamp: float, source: str) -> JointTrajectory:
+    """What a controller actually sent to the arm, for ``controller/executed``: one point holding the 7-D
+    normalised action after the safety envelope, in the chunk convention; header.stamp = when it was sent,
+    header.frame_id = the source of the chunk it came from."""
+    msg = JointTrajectory()
+    msg.header.stamp = sec_to_stamp(stamp)
+    msg.header.frame_id = source
+    msg.joint_names = list(JOINT_NAMES)
+    p = JointTrajectoryPoint()
+    p.positions = [float(v) for v in np.asarray(action, dtype=np.float64).reshape(ACTION_DIM)]
+    p.time_from_start = _sec_to_duration(0.0)
+    msg.points = [p]
+    return msg
+
+
+def executed_from_msg(msg: JointTrajectory) -> tuple[float, np.ndarray, str]:
+    """``controller/executed`` message -> (stamp seconds, action [7], source); ChunkMessageError if malformed."""
+    chunk = chunk_from_msg(msg, default_period=1.0)
+    if len(chunk) != 1:
+        raise ChunkMessageError(f"an executed action has one point, got {len(chunk)}")
+    return chunk.stamp, np.array(chunk.actions[0]), chunk.source
 
 
 def diagnostic_status(name: str, level: int, message: str, values: dict[str, Any]) -> DiagnosticStatus:

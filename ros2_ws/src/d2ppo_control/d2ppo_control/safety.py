@@ -10,8 +10,16 @@ action against limits the user sets in ``launch/safety.yaml``:
   reject``), so the robot holds and the rejection is counted; ``workspace_mode: clip`` instead clips the
   target onto the box (the policy can then slide along a wall) and counts ``clipped_workspace``;
 * a step longer than ``max_translation_per_step`` or faster than ``max_velocity``, or a rotation larger
-  than ``max_rotation_per_step`` -> **clipped**: scaled down along the same direction, counted. The motion
-  the policy asked for keeps its direction, only its size is bounded.
+  than ``max_rotation_per_step`` or faster than ``max_angular_velocity`` -> **clipped**: scaled down along
+  the same direction, counted. The motion the policy asked for keeps its direction, only its size is bounded;
+* orientation (when the caller passes the orientation the delta applies to): the tool axis (the
+  end-effector's z axis, pointing out of the gripper) must stay within ``max_tool_tilt`` of
+  ``tool_axis_nominal`` (default: pointing down, ±45°). A rotation that would take the tool further out
+  of that cone is dropped (``clipped_orientation``; the translation still runs); one that brings an
+  outside tool back towards the cone is allowed;
+* the box applies to the fingertips as well as the TCP: with the orientation known, the fingertips at
+  ``±finger_half_span`` along the tool's y axis (the fingers' travel direction, fully open) must be inside
+  it too, i.e. the TCP must stay inside the box shrunk by the fingers' reach along each axis.
 
 Every outcome is counted by reason in :attr:`SafetyEnvelope.counters`; ``/diagnostics`` publishes them.
 """
@@ -26,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from d2ppo_control.chunk import ACTION_DIM
+from d2ppo_control.osc import axis_angle_to_quat, quat_multiply, quat_normalize, quat_to_matrix
 
 ACCEPTED = "accepted"
 CLIPPED = "clipped"
@@ -38,6 +47,8 @@ COUNTER_NAMES = (
     "clipped_rotation",
     "clipped_velocity",
     "clipped_workspace",
+    "clipped_angular_velocity",
+    "clipped_orientation",
     "rejected_non_finite",
     "rejected_bad_shape",
     "rejected_out_of_range",
@@ -68,6 +79,15 @@ class SafetyLimits:
     max_rotation_per_step: float = 0.3
     #: m/s, step length / action period. 0.5 m/s at 20 Hz = 0.025 m per step.
     max_velocity: float = 0.5
+    #: rad/s, rotation angle / action period. 1.0 rad/s at 20 Hz = 0.05 rad per step.
+    max_angular_velocity: float = 1.0
+    #: unit vector (base frame) the tool's z axis points along in the nominal orientation (default down).
+    tool_axis_nominal: tuple[float, float, float] = (0.0, 0.0, -1.0)
+    #: rad: largest angle between the tool's z axis and tool_axis_nominal (the orientation cone).
+    max_tool_tilt: float = 0.785
+    #: m: fingertip distance from the TCP along the tool's y axis with the gripper fully open (Franka Hand:
+    #: 0.08 m opening); the box applies to both fingertips. 0 checks the TCP only.
+    finger_half_span: float = 0.04
     #: seconds without a valid chunk after which the executor holds the robot.
     watchdog_timeout: float = 0.5
     #: franky reflex errors: recover_from_errors() attempts before the controller latches a hold.
@@ -79,7 +99,19 @@ class SafetyLimits:
     def __post_init__(self) -> None:
         self.workspace_min = tuple(float(v) for v in self.workspace_min)
         self.workspace_max = tuple(float(v) for v in self.workspace_max)
+        self.tool_axis_nominal = tuple(float(v) for v in self.tool_axis_nominal)
         problems = []
+        axis = np.asarray(self.tool_axis_nominal)
+        if axis.shape != (3,) or not np.isfinite(axis).all() or np.linalg.norm(axis) < 1e-6:
+            problems.append(f"tool_axis_nominal must be a non-zero 3-vector, got {self.tool_axis_nominal}")
+        else:
+            self.tool_axis_nominal = tuple(float(v) for v in axis / np.linalg.norm(axis))
+        self.max_tool_tilt = float(self.max_tool_tilt)
+        if not (0.0 < self.max_tool_tilt <= np.pi):
+            problems.append(f"max_tool_tilt must be in (0, pi] rad, got {self.max_tool_tilt}")
+        self.finger_half_span = float(self.finger_half_span)
+        if not (np.isfinite(self.finger_half_span) and self.finger_half_span >= 0.0):
+            problems.append(f"finger_half_span must be >= 0 m, got {self.finger_half_span}")
         if len(self.workspace_min) != 3 or len(self.workspace_max) != 3:
             problems.append("workspace_min/workspace_max need 3 values (x, y, z)")
         elif not all(lo < hi for lo, hi in zip(self.workspace_min, self.workspace_max)):
@@ -90,6 +122,7 @@ class SafetyLimits:
             "max_translation_per_step",
             "max_rotation_per_step",
             "max_velocity",
+            "max_angular_velocity",
             "watchdog_timeout",
             "pos_scale",
             "rot_scale",
@@ -150,12 +183,14 @@ class SafetyDecision:
         action: ``[7]`` normalised action to execute (clipped where needed); None when rejected.
         reason: "" when accepted, otherwise the counter names that applied, comma separated.
         target_pos: ``[3]`` metres, end-effector target in the base frame; None when rejected.
+        target_quat: ``[4]`` xyzw target orientation; None when rejected or no orientation was given.
     """
 
     status: str
     action: np.ndarray | None
     reason: str = ""
     target_pos: np.ndarray | None = None
+    target_quat: np.ndarray | None = None
 
     @property
     def ok(self) -> bool:
@@ -173,13 +208,17 @@ class SafetyEnvelope:
         self.counters[reason] += 1
         return SafetyDecision(REJECTED, None, reason)
 
-    def check(self, action: np.ndarray, ee_pos: np.ndarray, dt: float) -> SafetyDecision:
+    def check(
+        self, action: np.ndarray, ee_pos: np.ndarray, dt: float, ee_quat: np.ndarray | None = None
+    ) -> SafetyDecision:
         """Check one action.
 
         Args:
             action: ``[7]`` normalised OSC_POSE delta (see :class:`~d2ppo_control.chunk.ActionChunk`).
             ee_pos: ``[3]`` metres, the base-frame end-effector position the delta is applied to.
-            dt: seconds the step takes (the action period); used for the velocity limit.
+            dt: seconds the step takes (the action period); used for the velocity limits.
+            ee_quat: ``[4]`` xyzw, the base-frame orientation the delta is applied to. With it the
+                orientation cone and the fingertips are checked too; controllers always pass it.
         """
         lim = self.limits
         a = np.asarray(action, dtype=np.float64)
@@ -212,9 +251,29 @@ class SafetyEnvelope:
         if angle > lim.max_rotation_per_step * (1.0 + 1e-9):
             reasons.append("clipped_rotation")
             rot *= lim.max_rotation_per_step / angle
+            angle = lim.max_rotation_per_step
+        if dt > 0.0 and angle > lim.max_angular_velocity * dt * (1.0 + 1e-9):
+            reasons.append("clipped_angular_velocity")
+            rot *= lim.max_angular_velocity * dt / angle
+
+        target_quat = None
+        lo, hi = np.array(lim.workspace_min), np.array(lim.workspace_max)
+        if ee_quat is not None:
+            ee_quat = quat_normalize(np.asarray(ee_quat, dtype=np.float64))
+            target_quat = quat_normalize(quat_multiply(axis_angle_to_quat(rot), ee_quat))
+            if (
+                np.any(rot)
+                and self.tool_tilt(target_quat) > lim.max_tool_tilt
+                and (self.tool_tilt(target_quat) > self.tool_tilt(ee_quat) + 1e-9)
+            ):
+                reasons.append("clipped_orientation")
+                rot = np.zeros(3)
+                target_quat = ee_quat
+            # fingertips at target ± h * y_tool inside [lo, hi]  <=>  target inside the box shrunk by h * |y_tool|
+            reach = lim.finger_half_span * np.abs(quat_to_matrix(target_quat)[:, 1])
+            lo, hi = lo + reach, hi - reach
 
         target = ee_pos + step
-        lo, hi = np.array(lim.workspace_min), np.array(lim.workspace_max)
         if (target < lo).any() or (target > hi).any():
             if lim.workspace_mode == "reject":
                 return self._reject("rejected_workspace")
@@ -229,9 +288,29 @@ class SafetyEnvelope:
         if reasons:
             for r in reasons:
                 self.counters[r] += 1
-            return SafetyDecision(CLIPPED, out, ",".join(reasons), target)
+            return SafetyDecision(CLIPPED, out, ",".join(reasons), target, target_quat)
         self.counters["accepted"] += 1
-        return SafetyDecision(ACCEPTED, out, "", target)
+        return SafetyDecision(ACCEPTED, out, "", target, target_quat)
+
+    def pose_problem(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> str | None:
+        """Why an absolute end-effector pose is outside the envelope (TCP or a fingertip outside the box, tool
+        outside the orientation cone), or None when it is inside. Counts nothing (for targets that do not
+        come from chunks, e.g. the home pose)."""
+        lim = self.limits
+        tilt = self.tool_tilt(quat_xyzw)
+        if tilt > lim.max_tool_tilt:
+            return f"tilts the tool {tilt:.3f} rad from tool_axis_nominal (max_tool_tilt {lim.max_tool_tilt})"
+        reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
+        pos = np.asarray(pos, dtype=np.float64)
+        lo, hi = np.array(lim.workspace_min) + reach, np.array(lim.workspace_max) - reach
+        if (pos < lo).any() or (pos > hi).any():
+            return f"puts the TCP or a fingertip outside the workspace box {lim.workspace_min}..{lim.workspace_max}"
+        return None
+
+    def tool_tilt(self, quat_xyzw: np.ndarray) -> float:
+        """Angle (rad) between the tool's z axis at orientation ``quat_xyzw`` and ``tool_axis_nominal``."""
+        z = quat_to_matrix(quat_xyzw)[:, 2]
+        return float(np.arccos(np.clip(float(np.dot(z, self.limits.tool_axis_nominal)), -1.0, 1.0)))
 
     def in_workspace(self, pos: np.ndarray) -> bool:
         pos = np.asarray(pos, dtype=np.float64)

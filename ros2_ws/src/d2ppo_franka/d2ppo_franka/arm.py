@@ -15,10 +15,14 @@ Facts this wrapper is built around (DESIGN.md and measured against franky-sim / 
   would raise; :meth:`FrankyArm.stop` consumes it with ``join_motion``.
 * The gripper: a second asynchronous command while one is running blocked the client in franky-sim, so
   :meth:`FrankyArm.gripper_command` only starts a command when the previous one has finished.
+* The gripper's width is a network round trip (~1.3 ms, unbounded when the gripper hangs): a thread of its
+  own reads it every ``gripper_poll_period`` and :meth:`FrankyArm.read_state` takes the latest value, so
+  the control tick never waits on the gripper.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from dataclasses import dataclass
 
@@ -107,7 +111,8 @@ class FrankyArm:
         self._gripper: franky.Gripper | None = None
         self._gripper_future = None
         self._finger_width = float("nan")
-        self._finger_read_at = -np.inf
+        self._gripper_error: str = ""
+        self._width_thread: threading.Thread | None = None
         self.max_finger_width = 0.08
 
     # -- connection --------------------------------------------------------------------------------------
@@ -130,11 +135,34 @@ class FrankyArm:
         except (*_REFLEX_TYPES, *_NETWORK_TYPES, franky.IncompatibleVersionException, franky.RealtimeException) as e:
             raise ConnectionLost(f"cannot connect to {self.robot_ip}: {type(e).__name__}: {e}") from e
         self._robot, self._gripper = robot, gripper
+        self._gripper_error = ""
+        if gripper is not None:
+            self._width_thread = threading.Thread(
+                target=self._poll_gripper_width, args=(gripper,), name="gripper-width", daemon=True
+            )
+            self._width_thread.start()
 
     def disconnect(self) -> None:
         self._robot = None
         self._gripper = None
         self._gripper_future = None
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Disconnect and wait for the gripper-width thread to end (before the process exits: a thread left
+        inside franky's C++ code while Python finalizes aborts the process)."""
+        self.disconnect()
+        if self._width_thread is not None:
+            self._width_thread.join(timeout)
+
+    def _poll_gripper_width(self, gripper) -> None:
+        """Read the finger width every gripper_poll_period until this gripper is disconnected."""
+        while self._gripper is gripper:
+            try:
+                self._finger_width = float(gripper.width)
+            except (*_NETWORK_TYPES, franky.GripperException) as e:
+                self._gripper_error = f"gripper: {type(e).__name__}: {e}"
+                return
+            time.sleep(self.gripper_poll_period)
 
     def _require(self) -> franky.Robot:
         if self._robot is None:
@@ -150,13 +178,8 @@ class FrankyArm:
             in_motion = bool(robot.is_in_control)
         except (*_REFLEX_TYPES, *_NETWORK_TYPES) as e:
             raise _as_arm_error(e) from e
-        now = time.monotonic()
-        if self._gripper is not None and now - self._finger_read_at >= self.gripper_poll_period:
-            try:
-                self._finger_width = float(self._gripper.width)
-            except (*_NETWORK_TYPES, franky.GripperException) as e:
-                raise ConnectionLost(f"gripper: {type(e).__name__}: {e}") from e
-            self._finger_read_at = now
+        if self._gripper_error:
+            raise ConnectionLost(self._gripper_error)
         return ArmState(
             joint_positions=np.array(joints.position, dtype=np.float64).reshape(7),
             joint_velocities=np.array(joints.velocity, dtype=np.float64).reshape(7),

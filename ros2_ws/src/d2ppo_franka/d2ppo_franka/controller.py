@@ -14,7 +14,19 @@ Per control tick (:meth:`FrankaController.step`):
    Disable and stop act at once: disable holds the pose measured now, stop calls franky's stop.
 
 No command reaches the arm except through the executor, i.e. through the envelope; the only others are
-holds at the measured pose (disable, watchdog brake), franky's stop and the operator's home motion.
+holds at the measured pose (disable, watchdog brake), franky's stop and the operator's home motion (whose
+target is checked against the joint limits, the box and the orientation cone before it starts).
+
+**Nothing resumes without an operator.** The controller starts disabled (``start_enabled: false``). A
+reflex (recovered or not), a lost connection or a watchdog trip disables it, and ``disabled_reason`` in
+``/diagnostics`` says why; only ``controller/enable`` resumes. Automatic reflex recovery (franky's
+``recover_from_errors``) is capped at ``safety.max_reflex_retries`` attempts per enable; beyond, or when
+recovery fails, the controller latches a fault that only ``enable`` (which recovers first) clears.
+
+**Blocking work off the control tick.** Connecting, reflex recovery and starting the home motion (which
+stops the running motion and waits for it) run on a worker thread (:class:`_Job`); the tick holds and
+touches the arm not at all while one runs, so ``controller/stop`` and ``disable`` are served within one
+control period whatever the arm is doing. A stop during a job cancels what the job would do next.
 
 **Reference pose.** robosuite applies each delta to the *achieved* pose, and its OSC lags the goal, so a
 constant action moves the sim arm at a steady speed. franky's motion generator instead runs each target to
@@ -40,16 +52,20 @@ test_franka_node_zero_actions.py).
 
 from __future__ import annotations
 
+import dataclasses
 import math
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
-from d2ppo_control.chunk import ActionChunk
+from d2ppo_control.chunk import SOURCES, ActionChunk
 from d2ppo_control.executor import HOLD, ChunkExecutor, Command
-from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize
+from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize, target_to_delta
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 
 from d2ppo_franka.arm import ArmError, ArmState, ConnectionLost, ReflexError
+from d2ppo_franka.kinematics import JOINT_LIMITS_HIGH, JOINT_LIMITS_LOW, forward_kinematics
 
 #: Panda/FR3 "ready" pose (rad), the usual franka_ros / robosuite start configuration.
 DEFAULT_HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
@@ -84,10 +100,12 @@ class ControllerConfig:
     gripper_close_threshold: float = 0.5
     gripper_open_threshold: float = -0.5
     home_joints: tuple[float, ...] = DEFAULT_HOME_JOINTS
+    #: (0, 1]: multiplies the robot's relative_dynamics_factor for the home motion (never faster than chunks).
     home_dynamics_factor: float = 1.0
-    start_enabled: bool = True
-    #: seconds without a further reflex after which the consecutive-reflex count starts again.
-    reflex_streak_reset_s: float = 5.0
+    #: False (the robot profile): execute nothing until an operator calls controller/enable.
+    start_enabled: bool = False
+    #: the chunk source executed ("policy" or "teleop", a chunk's header.frame_id); settable at run time.
+    source: str = "policy"
     reconnect_period: float = 2.0
 
     @property
@@ -105,6 +123,10 @@ class ControllerConfig:
             raise ValueError(f"watchdog_action must be one of {WATCHDOG_ACTIONS}, got {self.watchdog_action!r}")
         if not (self.max_tracking_lead >= 0.0 and self.max_tracking_lead_rot >= 0.0):
             raise ValueError("max_tracking_lead and max_tracking_lead_rot must be >= 0")
+        if not (0.0 < self.home_dynamics_factor <= 1.0):
+            raise ValueError(f"home_dynamics_factor must be in (0, 1], got {self.home_dynamics_factor}")
+        if self.source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
 
 
 class GripperLatch:
@@ -169,6 +191,37 @@ def _quat_conjugate(q: np.ndarray) -> np.ndarray:
     return np.array([-q[0], -q[1], -q[2], q[3]])
 
 
+class _Job:
+    """Blocking arm work (connect, recovery, starting the home motion) on a thread of its own; the control
+    tick polls :attr:`done` and takes the outcome with :meth:`result`."""
+
+    def __init__(self, name: str, fn: Callable[[threading.Event], object]):
+        self.name = name
+        self.cancelled = threading.Event()  # set by stop/disable: the job must not start motion after it
+        self._outcome: object = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, args=(fn,), name=f"arm-{name}", daemon=True)
+        self._thread.start()
+
+    def _run(self, fn) -> None:
+        try:
+            self._outcome = fn(self.cancelled)
+        except BaseException as e:  # noqa: BLE001 - handed to the control tick
+            self._error = e
+
+    @property
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        self._thread.join(timeout)
+
+    def result(self):
+        if self._error is not None:
+            raise self._error
+        return self._outcome
+
+
 @dataclass
 class ControllerCounters:
     reflexes: int = 0
@@ -187,6 +240,9 @@ class ControllerCounters:
     #: steps not added to the target because the arm lagged more than max_tracking_lead behind it.
     steps_held_back: int = 0
     watchdog_brakes: int = 0
+    #: times the controller disabled itself (reflex, connection loss, watchdog trip, clock jump).
+    auto_disables: int = 0
+    homes_refused: int = 0
 
 
 class FrankaController:
@@ -201,21 +257,27 @@ class FrankaController:
         self.config = config or ControllerConfig()
         self.limits = limits
         tolerance = self.config.late_tolerance if self.config.late_tolerance > 0.0 else None
-        self.executor = ChunkExecutor(SafetyEnvelope(limits), self.config.period, tolerance)
+        self.envelope = SafetyEnvelope(limits)
+        self.executor = ChunkExecutor(self.envelope, self.config.period, tolerance, source=self.config.source)
         self.gripper = GripperLatch(self.config.gripper_close_threshold, self.config.gripper_open_threshold)
         self.counters = ControllerCounters()
         self.enabled = bool(self.config.start_enabled)
+        self.disabled_reason = "" if self.enabled else "not enabled yet (start_enabled: false)"
         self.faulted = False
         self.fault_message = ""
         self.homing = False
         self.state: ArmState | None = None
         self.last_command: Command = Command(HOLD, None, "waiting")
+        #: ``[7]`` the action the latest tick actually sent (after the envelope and the tracking lead), else None.
+        self.last_executed: np.ndarray | None = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None  # last commanded (pos, quat)
         self._gripper_commanded: bool | None = None
         self._stopped = False  # an active stop was sent since the last move
-        self._last_reflex_at = -math.inf
-        self._reflex_streak = 0
+        self._recovery_attempts = 0  # recover_from_errors() calls since the last enable
         self._last_connect_try = -math.inf
+        self._ever_connected = False
+        self._job: _Job | None = None
+        self._enable_after_job = False
         self.last_error = ""
         self.watchdog_hold_latency: float | None = None
         self._last_step_at = 0.0
@@ -223,74 +285,130 @@ class FrankaController:
 
     # -- inputs ------------------------------------------------------------------------------------------
     def submit_chunk(self, chunk: ActionChunk, now: float) -> int:
-        """Hand a chunk to the executor; ignored (and counted) while disabled, homing or faulted."""
-        if not self.enabled or self.homing or self.faulted:
+        """Hand a chunk to the executor; ignored (and counted) while disabled, homing, busy or faulted."""
+        if not self.enabled or self.homing or self.faulted or self._job is not None:
             self.counters.chunks_ignored_disabled += 1
             return 0
         return self.executor.submit(chunk, now)
 
+    def set_source(self, source: str) -> None:
+        """Execute only ``source``'s chunks from now on ("policy" or "teleop"); pending actions are dropped."""
+        if source not in SOURCES:
+            raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
+        self.executor.set_source(source)
+        self.config.source = source
+
     def set_enabled(self, enabled: bool) -> tuple[bool, str]:
-        """Enable: clear a fault latch (recovering the robot if needed) and accept chunks.
-        Disable: drop pending actions and actively hold still."""
+        """Enable (the operator's action): recover a faulted robot first, then accept chunks. Disable: drop
+        pending actions, interrupt a home motion, and actively hold still."""
         self.executor.reset()
         self.gripper.closed = self._gripper_commanded  # forget a gripper change not yet started
         if not enabled:
-            self.enabled = False
-            self._active_stop()
+            self._disable("disabled by the operator")
             return True, "disabled: holding still, chunks ignored"
-        if self.arm.connected and self.faulted:
-            try:
-                if self.arm.has_errors and not self.arm.recover():
-                    return False, f"robot still has errors: {self.fault_message}"
-            except ArmError as e:
-                return False, str(e)
-            self.faulted, self.fault_message = False, ""
-        self._reflex_streak = 0  # an operator's enable acknowledges earlier reflexes
-        self.enabled = True
-        self._target = None
+        if self._job is not None:
+            if self._job.name == "recovery":
+                self._enable_after_job = True
+                return True, "recovering robot errors; enabled once recovery succeeds"
+            return False, f"busy ({self._job.name}); try again when it has finished"
+        if not self.arm.connected:
+            return False, f"not connected: {self.last_error}"
+        self._recovery_attempts = 0  # the operator's enable acknowledges earlier reflexes
+        if self.faulted:
+            self._enable_after_job = True
+            self._start_recovery(attempts=1)
+            return True, "recovering robot errors; enabled once recovery succeeds"
+        self._set_enabled_now()
         return True, "enabled"
 
-    def stop(self) -> tuple[bool, str]:
-        """Stop now and disable (until /controller/enable true)."""
-        self.enabled = False
+    def _set_enabled_now(self) -> None:
+        self.faulted, self.fault_message = False, ""
+        self.enabled = True
+        self.disabled_reason = ""
+        self._target = None
         self.executor.reset()
-        self.gripper.closed = self._gripper_commanded
+
+    def stop(self) -> tuple[bool, str]:
+        """Stop now and disable (until /controller/enable true). Served within one control period: while a
+        connect or recovery runs on the worker nothing moves and whatever the job would start is cancelled."""
+        self.homing = False  # the stop below interrupts a home motion too
+        self._disable("stopped by the operator", active_hold=False)
+        self.counters.active_stops += 1
+        if self._job is not None:
+            return True, f"stopped ({self._job.name} in progress: it will start no motion); call enable to resume"
         if not self.arm.connected:
-            return False, "not connected"
+            return True, "stopped (not connected)"
         try:
             self.arm.stop()
         except ArmError as e:
             return False, str(e)
         self._target = None
         self._stopped = True
-        self.counters.active_stops += 1
         return True, "stopped; call enable to resume"
 
     def home(self) -> tuple[bool, str]:
-        """Start a joint motion to ``home_joints``; chunks are ignored until it ends."""
+        """Start a joint motion to ``home_joints``: only when enabled and not faulted, with a target inside the
+        joint limits and the envelope (box, fingertips, orientation cone); chunks are ignored until it ends;
+        disable and stop interrupt it."""
+        refusal = None
         if not self.arm.connected:
-            return False, "not connected"
+            refusal = "not connected"
+        elif self.faulted:
+            refusal = f"faulted ({self.fault_message}); enable first"
+        elif not self.enabled:
+            refusal = f"disabled ({self.disabled_reason}); enable first"
+        elif self._job is not None or self.homing:
+            refusal = f"busy ({self._job.name if self._job else 'homing'})"
+        else:
+            refusal = self.check_home_target()
+        if refusal is not None:
+            self.counters.homes_refused += 1
+            return False, f"home refused: {refusal}"
         self.executor.reset()
-        try:
-            if self.arm.has_errors and not self.arm.recover():
-                return False, "robot has errors that recovery did not clear"
-            self.arm.move_joints(np.array(self.config.home_joints), self.config.home_dynamics_factor)
-        except ArmError as e:
-            return False, str(e)
-        self.faulted, self.fault_message, self._reflex_streak = False, "", 0
+        self._target = None
+        joints = np.array(self.config.home_joints)
+        factor = self.config.home_dynamics_factor
+
+        def start_home(cancelled: threading.Event) -> bool:
+            self.arm.stop()  # a Cartesian motion must end before a joint motion starts (blocks briefly)
+            if cancelled.is_set():
+                return False
+            self.arm.move_joints(joints, factor)
+            return True
+
         self.homing = True
         self._homing_since = self._last_step_at
-        self._target = None
+        self._job = _Job("home", start_home)
         self.counters.homes += 1
         return True, "homing started"
+
+    def check_home_target(self) -> str | None:
+        """Why ``home_joints`` may not be driven to (joint limits, TCP or fingertips outside the box, tool
+        outside the orientation cone), or None when it may."""
+        q = np.asarray(self.config.home_joints, dtype=np.float64)
+        outside = np.flatnonzero((q < JOINT_LIMITS_LOW) | (q > JOINT_LIMITS_HIGH))
+        if outside.size:
+            return f"home_joints outside the joint limits at joint(s) {[int(i) + 1 for i in outside]}"
+        pos, quat = forward_kinematics(q)
+        problem = self.envelope.pose_problem(pos, quat)
+        if problem:
+            return f"home pose {np.round(pos, 3).tolist()} {problem}"
+        return None
 
     # -- the control tick --------------------------------------------------------------------------------
     def step(self, now: float) -> Command:
         """One control tick at ``now`` (seconds, the clock chunk stamps use)."""
         self._last_step_at = now
+        self.last_executed = None
+        if self._job is not None:
+            if not self._job.done:
+                return self._hold(self._job.name)
+            self._finish_job(now)
         if not self.arm.connected:
             self._try_connect(now)
             return self._hold("disconnected")
+        if self._job is not None:  # _finish_job may have started the next job
+            return self._hold(self._job.name)
         try:
             moving = self.arm.poll()
             self.state = self.arm.read_state()
@@ -316,42 +434,22 @@ class FrankaController:
 
         ref_pos, ref_quat = self._reference(self.state)
         trips = self.executor.counters["watchdog_trips"]
-        cmd = self.executor.tick(now, ref_pos)
+        jumps = self.executor.counters["clock_jumps_back"]
+        cmd = self.executor.tick(now, ref_pos, ref_quat)
         self.last_command = cmd
         tripped = self.executor.counters["watchdog_trips"] != trips
-        if tripped:
-            self.watchdog_hold_latency = now - (self._watchdog_deadline() or now)
         try:
-            if tripped and self.config.watchdog_action == "brake":
-                self._brake(self.state)
+            if tripped:
+                self.watchdog_hold_latency = now - (self._watchdog_deadline() or now)
+                jumped = self.executor.counters["clock_jumps_back"] != jumps
+                if self.config.watchdog_action == "brake":
+                    self._brake(self.state)
+                self._disable(
+                    "clock jumped backwards" if jumped else "watchdog: no valid action chunk in time", active_hold=False
+                )
+                return cmd
             if cmd.is_move:
-                if not np.any(cmd.action[:6]):
-                    # zero motion: the running motion holds the target (without a target of ours the arm
-                    # holds where it is; a zero-length motion from rest is where franky's planner failed)
-                    self.counters.targets_kept += 1
-                else:
-                    target_pos, target_quat = delta_to_target(
-                        cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
-                    )
-                    held_back = False
-                    if self._target is not None:
-                        target_pos, target_quat, held_back = lead_gated_target(
-                            *self._target,
-                            target_pos,
-                            target_quat,
-                            self.state.ee_pos,
-                            self.state.ee_quat,
-                            self.config.max_tracking_lead,
-                            self.config.max_tracking_lead_rot,
-                        )
-                    self.counters.steps_held_back += int(held_back)
-                    if self._target is None or not (
-                        np.array_equal(target_pos, self._target[0]) and np.array_equal(target_quat, self._target[1])
-                    ):
-                        self.arm.move_to(target_pos, target_quat)
-                        self.counters.motions_sent += 1
-                        self._target = (target_pos, target_quat)
-                        self._stopped = False
+                self.last_executed = self._move(cmd, ref_pos, ref_quat)
                 self.gripper.update(float(cmd.action[6]))
             self._service_gripper()
         except ReflexError as e:
@@ -362,10 +460,68 @@ class FrankaController:
             return self._hold("disconnected")
         return cmd
 
+    def _move(self, cmd: Command, ref_pos: np.ndarray, ref_quat: np.ndarray) -> np.ndarray:
+        """Send one accepted action; returns the action actually sent (the tracking lead may hold a step back)."""
+        executed = np.array(cmd.action, dtype=np.float64)
+        if not np.any(cmd.action[:6]):
+            # zero motion: the running motion holds the target (without a target of ours the arm holds where
+            # it is; a zero-length motion from rest is where franky's planner failed)
+            self.counters.targets_kept += 1
+            return executed
+        target_pos, target_quat = delta_to_target(
+            cmd.action, ref_pos, ref_quat, self.limits.pos_scale, self.limits.rot_scale
+        )
+        held_back = False
+        if self._target is not None:
+            target_pos, target_quat, held_back = lead_gated_target(
+                *self._target,
+                target_pos,
+                target_quat,
+                self.state.ee_pos,
+                self.state.ee_quat,
+                self.config.max_tracking_lead,
+                self.config.max_tracking_lead_rot,
+            )
+        self.counters.steps_held_back += int(held_back)
+        if held_back:
+            executed[:6] = target_to_delta(
+                ref_pos, ref_quat, target_pos, target_quat, self.limits.pos_scale, self.limits.rot_scale
+            )
+        if self._target is None or not (
+            np.array_equal(target_pos, self._target[0]) and np.array_equal(target_quat, self._target[1])
+        ):
+            self.arm.move_to(target_pos, target_quat)
+            self.counters.motions_sent += 1
+            self._target = (target_pos, target_quat)
+            self._stopped = False
+        return executed
+
     # -- helpers -----------------------------------------------------------------------------------------
     def _hold(self, reason: str) -> Command:
         self.last_command = Command(HOLD, None, reason)
         return self.last_command
+
+    def _disable(self, reason: str, active_hold: bool = True) -> None:
+        """Stop executing chunks until an operator enables again; ``reason`` goes to /diagnostics."""
+        was_enabled = self.enabled
+        self.enabled = False
+        self._enable_after_job = False
+        if self._job is not None:
+            self._job.cancelled.set()
+        self.executor.reset()
+        self.disabled_reason = reason
+        if was_enabled and "operator" not in reason:
+            self.counters.auto_disables += 1
+        if self.homing and self._job is None and self.arm.connected:
+            self.homing = False
+            try:
+                self.arm.stop()  # interrupt the home motion
+            except ArmError:
+                pass  # the next tick's poll reports and handles it
+            self._target = None
+            self._stopped = True
+        elif active_hold:
+            self._active_stop()
 
     def _watchdog_deadline(self) -> float | None:
         last = self.executor.last_valid_at
@@ -401,7 +557,7 @@ class FrankaController:
         """Hold still where the arm is now: a holding motion to the measured pose (stays in Cartesian
         control, no preemption error, no sag). Sent once per stop, unless the arm already stands on its
         target (the running motion holds it there)."""
-        if self._stopped or not self.arm.connected:
+        if self._stopped or not self.arm.connected or self._job is not None:
             return
         try:
             state = self.arm.read_state()
@@ -424,86 +580,123 @@ class FrankaController:
             self.counters.gripper_commands += 1
 
     def _handle_reflex(self, error: ReflexError, now: float) -> None:
-        """Count the reflex, try recover_from_errors() up to max_reflex_retries times, then hold.
-
-        The plan that led into the reflex is dropped (executor reset): the next chunk starts from the
-        recovered pose. Repeated reflexes (more than max_reflex_retries within reflex_streak_reset_s of
-        each other) latch a fault until /controller/enable or /controller/home.
-        """
-        c = self.counters
-        c.reflexes += 1
+        """Count the reflex, disable, and recover on the worker within the per-enable attempt budget
+        (``safety.max_reflex_retries``); beyond it the fault latches until the operator's enable."""
+        self.counters.reflexes += 1
         self.last_error = str(error)
-        self.executor.reset()
         self._target = None
         self._stopped = True
-        self._reflex_streak = (
-            self._reflex_streak + 1 if now - self._last_reflex_at < self.config.reflex_streak_reset_s else 1
-        )
-        self._last_reflex_at = now
-        recovered = False
-        for _ in range(self.limits.max_reflex_retries):
-            c.recovery_attempts += 1
-            try:
+        self._disable(f"reflex: {error}", active_hold=False)
+        self.homing = False
+        budget = self.limits.max_reflex_retries - self._recovery_attempts
+        if budget <= 0:
+            self.counters.recovery_failures += 1
+            self.faulted = True
+            self.fault_message = (
+                f"{self._recovery_attempts} recovery attempt(s) since the last enable "
+                f"(max_reflex_retries {self.limits.max_reflex_retries}); last: {error}"
+            )
+            return
+        self._start_recovery(budget)
+
+    def _start_recovery(self, attempts: int) -> None:
+        def recover(cancelled: threading.Event) -> tuple[bool, int]:
+            used = 0
+            for _ in range(attempts):
+                used += 1
                 if self.arm.recover():
-                    recovered = True
-                    break
-            except ConnectionLost as e:
-                self._handle_connection_lost(e)
-                return
-        if not recovered:
-            c.recovery_failures += 1
-            self.faulted = True
-            self.fault_message = f"recovery failed after {self.limits.max_reflex_retries} attempts: {error}"
-        elif self._reflex_streak > self.limits.max_reflex_retries:
-            self.faulted = True
-            self.fault_message = f"{self._reflex_streak} reflexes in a row; last: {error}"
-        else:
-            c.reflex_recoveries += 1
+                    return True, used
+            return False, used
+
+        self._job = _Job("recovery", recover)
+
+    def _finish_job(self, now: float) -> None:
+        job, self._job = self._job, None
+        try:
+            outcome = job.result()
+        except ConnectionLost as e:
+            self._handle_connection_lost(e)
+            return
+        except ArmError as e:
+            self.last_error = str(e)
+            if job.name == "home":
+                self.homing = False
+                self._disable(f"home motion failed: {e}", active_hold=False)
+            elif job.name == "recovery":
+                self.faulted, self.fault_message = True, f"recovery failed: {e}"
+            return
+        if job.name == "connect":
+            self._ever_connected = True
+            self.executor.reset()
+            self._target = None
+            self._gripper_commanded = None
+        elif job.name == "home":
+            if not outcome or job.cancelled.is_set():
+                self.homing = False
+                if outcome:  # the motion started before the cancel was seen: stop it now
+                    try:
+                        self.arm.stop()
+                    except ArmError:
+                        pass
+        elif job.name == "recovery":
+            recovered, used = outcome
+            self._recovery_attempts += used
+            self.counters.recovery_attempts += used
+            if recovered:
+                self.counters.reflex_recoveries += 1
+                if self._enable_after_job and not job.cancelled.is_set():
+                    self._set_enabled_now()
+                elif self.faulted:
+                    self.faulted, self.fault_message = False, ""
+            else:
+                self.counters.recovery_failures += 1
+                self.faulted = True
+                self.fault_message = f"recovery failed after {used} attempt(s): {self.last_error}"
+            self._enable_after_job = False
 
     def _handle_connection_lost(self, error: ConnectionLost) -> None:
         self.counters.connection_losses += 1
         self.last_error = str(error)
-        self.executor.reset()
         self._target = None
+        self.homing = False
+        self._disable(f"connection lost: {error}", active_hold=False)
         self.arm.disconnect()
 
     def _try_connect(self, now: float) -> None:
         if now - self._last_connect_try < self.config.reconnect_period:
             return
         self._last_connect_try = now
-        try:
+
+        def connect(cancelled: threading.Event) -> None:
             self.arm.connect()
-        except ConnectionLost as e:
-            self.last_error = str(e)
-            return
-        self.executor.reset()
-        self._target = None
-        self._gripper_commanded = None
+
+        self._job = _Job("connect", connect)
+
+    @property
+    def busy(self) -> bool:
+        """True while the worker runs a job (connect, recovery, home start): nobody else may use the arm."""
+        return self._job is not None and not self._job.done
+
+    def wait_idle(self, timeout: float = 10.0) -> None:
+        """Wait for the worker's job to end (for shutdown and tests)."""
+        if self._job is not None:
+            self._job.join(timeout)
 
     # -- reporting ---------------------------------------------------------------------------------------
     def diagnostics(self) -> tuple[int, str, dict[str, int | float | str]]:
         """(level 0 OK / 1 WARN / 2 ERROR, message, flat values) for /diagnostics."""
         values: dict[str, int | float | str] = dict(self.executor.stats())
-        c = self.counters
+        values.update(dataclasses.asdict(self.counters))
         values.update(
-            reflexes=c.reflexes,
-            reflex_recoveries=c.reflex_recoveries,
-            recovery_attempts=c.recovery_attempts,
-            recovery_failures=c.recovery_failures,
-            connection_losses=c.connection_losses,
-            chunks_ignored_disabled=c.chunks_ignored_disabled,
-            active_stops=c.active_stops,
-            gripper_commands=c.gripper_commands,
-            homes=c.homes,
-            motions_sent=c.motions_sent,
-            targets_kept=c.targets_kept,
-            steps_held_back=c.steps_held_back,
-            watchdog_brakes=c.watchdog_brakes,
             watchdog_action=self.config.watchdog_action,
             connected=int(self.arm.connected),
             enabled=int(self.enabled),
+            disabled_reason=self.disabled_reason,
             faulted=int(self.faulted),
+            fault_message=self.fault_message,
             homing=int(self.homing),
+            busy=self._job.name if self._job is not None else "",
+            recovery_attempts_since_enable=self._recovery_attempts,
             last_command=self.last_command.kind,
             last_reason=self.last_command.reason,
             watchdog_hold_latency_s=-1.0 if self.watchdog_hold_latency is None else self.watchdog_hold_latency,
@@ -514,13 +707,14 @@ class FrankaController:
                 ee_x=float(self.state.ee_pos[0]), ee_y=float(self.state.ee_pos[1]), ee_z=float(self.state.ee_pos[2])
             )
         if not self.arm.connected:
-            return 2, f"disconnected from {getattr(self.arm, 'robot_ip', '?')}: {self.last_error}", values
+            busy = " (connecting)" if self._job is not None and self._job.name == "connect" else ""
+            return 2, f"disconnected from {getattr(self.arm, 'robot_ip', '?')}{busy}: {self.last_error}", values
         if self.faulted:
             return 2, f"faulted, holding: {self.fault_message}", values
+        if self._job is not None:
+            return 1, f"{self._job.name} in progress, holding", values
         if self.homing:
             return 0, "homing", values
         if not self.enabled:
-            return 1, "disabled, holding still", values
-        if self.executor.last_tick is not None and self.executor.watchdog_expired(self.executor.last_tick):
-            return 1, "watchdog: no valid action chunk, holding", values
+            return 1, f"disabled, holding still: {self.disabled_reason}", values
         return 0, "running", values

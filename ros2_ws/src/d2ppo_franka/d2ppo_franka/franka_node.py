@@ -4,11 +4,16 @@ Topics (relative, so a namespace or remapping moves them):
     sub  policy/action_chunk   trajectory_msgs/JointTrajectory  chunks to execute
     pub  robot/joint_states    sensor_msgs/JointState           panda_joint1..7, panda_finger_joint1..2
     pub  robot/ee_pose         geometry_msgs/PoseStamped         end effector in panda_link0
-    pub  diagnostics           diagnostic_msgs/DiagnosticArray   executor/safety counters, reflexes, connection
+    pub  controller/executed   trajectory_msgs/JointTrajectory  each action actually sent (after the envelope)
+    pub  diagnostics           diagnostic_msgs/DiagnosticArray   executor/safety counters, reflexes, connection,
+                                                                 enabled / disabled_reason, active_source
 Services:
-    controller/enable (std_srvs/SetBool)  false = hold still, ignore chunks; true clears a fault latch
-    controller/home   (std_srvs/Trigger)  joint motion to home_joints
+    controller/enable (std_srvs/SetBool)  the operator's switch: true (re)starts execution (recovering a
+                                          faulted robot first), false holds still and ignores chunks
+    controller/home   (std_srvs/Trigger)  joint motion to home_joints; refused unless enabled and not faulted
     controller/stop   (std_srvs/Trigger)  stop now and disable
+Parameter ``source`` ("policy" | "teleop", settable at run time: ``python -m d2ppo_bringup.ctl source teleop``)
+selects whose chunks are executed (a chunk names its source in header.frame_id).
 
 Parameters: launch/franka.yaml (robot, rates, gripper, home) and launch/safety.yaml (``safety.*``).
 Run: ``franka_node --ros-args --params-file launch/franka.yaml --params-file launch/safety.yaml``.
@@ -20,11 +25,18 @@ import dataclasses
 import math
 
 import rclpy
-from d2ppo_control.ros_conversions import ChunkMessageError, chunk_from_msg, diagnostic_status, sec_to_stamp
+from d2ppo_control.ros_conversions import (
+    ChunkMessageError,
+    chunk_from_msg,
+    diagnostic_status,
+    executed_msg,
+    sec_to_stamp,
+)
+from d2ppo_control.ros_params import UnknownParameterError, refuse_undeclared_parameters
 from d2ppo_control.safety import SafetyLimits
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
-from rcl_interfaces.msg import ParameterDescriptor
+from rcl_interfaces.msg import ParameterDescriptor, SetParametersResult
 from rclpy.executors import ExternalShutdownException
 from rclpy.node import Node
 from sensor_msgs.msg import JointState
@@ -81,6 +93,7 @@ class FrankaNode(Node):
         limits = SafetyLimits.from_dict(
             {name: param(f"safety.{name}", getattr(defaults, name)) for name in SafetyLimits.field_names()}
         )
+        refuse_undeclared_parameters(self)  # before connecting: a misspelt key must not fall back to a default
         self.frame_id = node_params["frame_id"]
         prefix = node_params["joint_prefix"]
         self.joint_names = [prefix + j for j in ARM_JOINTS + FINGER_JOINTS]
@@ -100,6 +113,7 @@ class FrankaNode(Node):
         )
 
         self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
+        self.executed_pub = self.create_publisher(JointTrajectory, "controller/executed", 10)
         self.joint_pub = self.create_publisher(JointState, "robot/joint_states", 10)
         self.pose_pub = self.create_publisher(PoseStamped, "robot/ee_pose", 10)
         self.diag_pub = self.create_publisher(DiagnosticArray, "diagnostics", 10)
@@ -107,6 +121,8 @@ class FrankaNode(Node):
         self.create_service(Trigger, "controller/home", self._on_home)
         self.create_service(Trigger, "controller/stop", self._on_stop)
         self.bad_messages = 0
+        self._auto_disables = 0
+        self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self.controller.step(self._now())  # connect right away rather than one period later
         self.create_timer(config.period, self._on_control_tick)
@@ -122,20 +138,36 @@ class FrankaNode(Node):
             chunk = chunk_from_msg(msg, default_period=self.controller.config.period)
         except (ChunkMessageError, ValueError) as e:
             self.bad_messages += 1
-            self.get_logger().warn(f"rejected action chunk message: {e}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"rejected action chunk message: {e}", throttle_duration_sec=1.0)
             return
         self.controller.submit_chunk(chunk, self._now())
 
+    def _on_set_parameters(self, params) -> SetParametersResult:
+        """Run-time parameter changes: only ``source`` may change while the node runs."""
+        for p in params:
+            if p.name == "source":
+                try:
+                    self.controller.set_source(str(p.value))
+                except ValueError as e:
+                    return SetParametersResult(successful=False, reason=str(e))
+                self.get_logger().info(f"chunk source: {p.value} (the other source's chunks are dropped)")
+        return SetParametersResult(successful=True)
+
     def _on_control_tick(self) -> None:
-        before = self.controller.counters.reflexes
-        cmd = self.controller.step(self._now())
-        if self.controller.counters.reflexes != before:
-            self.get_logger().error(
-                f"reflex: {self.controller.last_error}; "
-                + (f"FAULTED: {self.controller.fault_message}" if self.controller.faulted else "recovered")
-            )
+        ctrl = self.controller
+        before = ctrl.counters.reflexes
+        now = self._now()
+        cmd = ctrl.step(now)
+        if ctrl.last_executed is not None:
+            self.executed_pub.publish(executed_msg(ctrl.last_executed, now, cmd.source))
+        if ctrl.counters.reflexes != before:
+            self.get_logger().error(f"reflex: {ctrl.last_error}; controller disabled ({ctrl.disabled_reason})")
+        if ctrl.counters.auto_disables != self._auto_disables:
+            self._auto_disables = ctrl.counters.auto_disables
+            self.get_logger().warning(f"controller disabled itself: {ctrl.disabled_reason}; enable to resume")
+            self._publish_diagnostics()
         if cmd.reason.startswith("rejected_"):
-            self.get_logger().warn(f"action rejected by safety envelope: {cmd.reason}", throttle_duration_sec=1.0)
+            self.get_logger().warning(f"action rejected by safety envelope: {cmd.reason}", throttle_duration_sec=1.0)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         response.success, response.message = self.controller.set_enabled(request.data)
@@ -157,7 +189,7 @@ class FrankaNode(Node):
     # -- publishers --------------------------------------------------------------------------------------
     def _publish_state(self) -> None:
         ctrl = self.controller
-        if not ctrl.arm.connected:
+        if not ctrl.arm.connected or ctrl.busy:  # the worker owns the arm while it connects or recovers
             return
         try:
             state = ctrl.arm.read_state()
@@ -195,17 +227,21 @@ def main(args=None) -> None:
     try:
         node = FrankaNode()
         rclpy.spin(node)
+    except UnknownParameterError as e:
+        raise SystemExit(f"franka: {e}") from None  # exit status 1, the message on stderr
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
             # Leave the arm stopped rather than let the dying control thread end in a communication reflex.
+            node.controller.wait_idle(5.0)
             arm = node.controller.arm
-            if arm.connected:
+            if arm.connected and not node.controller.busy:
                 try:
                     arm.stop()
                 except Exception:  # noqa: BLE001 - best effort while shutting down
                     pass
+            arm.close()
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

@@ -25,6 +25,7 @@ from functools import partial
 
 import rclpy
 from d2ppo_control.ros_conversions import chunk_to_msg, diagnostic_status, stamp_to_sec
+from d2ppo_control.ros_params import refuse_undeclared_parameters
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock, ClockType
@@ -60,6 +61,7 @@ class InferenceNode(Node):
         # 1.4 ms / 23 ms with one; the paper-size policy 392 ms vs 45 ms p50.
         self.declare_parameter("torch_threads", 1)
         self.declare_parameter("diagnostics_period", 1.0)
+        refuse_undeclared_parameters(self)  # before importing torch and loading the policy
         param = lambda name: self.get_parameter(name).value  # noqa: E731
 
         policy_path = param("policy")
@@ -155,7 +157,7 @@ class InferenceNode(Node):
             return
         result = self.runner.tick(self.obs, now)
         if result.chunk is not None:
-            self.chunk_pub.publish(chunk_to_msg(result.chunk))
+            self.chunk_pub.publish(chunk_to_msg(result.chunk, frame_id="policy"))
         kind = result.skip_reason.split(" ", 1)[0] if result.skip_reason else ""
         if kind and kind != self._last_skip_kind:
             # The first skip of a kind ("missing", "stale") is reported at once; repeats go out with

@@ -131,7 +131,7 @@ class LockstepSim:
         """Execute the tick at ``t``: one executor command, one physics step, ``t`` += period."""
         obs = self.sim.observation()
         if self.enabled:
-            cmd = self.executor.tick(self.t, obs.ee_pos)
+            cmd = self.executor.tick(self.t, obs.ee_pos, obs.ee_quat)
         else:
             cmd = Command(HOLD, None, "controller disabled")
         if cmd.is_move:

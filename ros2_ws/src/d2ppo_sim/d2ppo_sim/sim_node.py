@@ -27,7 +27,14 @@ from pathlib import Path
 
 import rclpy
 from d2ppo_control.executor import ChunkExecutor
-from d2ppo_control.ros_conversions import ChunkMessageError, chunk_from_msg, diagnostic_status, sec_to_stamp
+from d2ppo_control.ros_conversions import (
+    ChunkMessageError,
+    chunk_from_msg,
+    diagnostic_status,
+    executed_msg,
+    sec_to_stamp,
+)
+from d2ppo_control.ros_params import refuse_undeclared_parameters
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 from d2ppo_inference.policy_runner import EE_POSE_INPUT, JOINT_STATES_INPUT, camera_input
 from d2ppo_inference.ros_messages import camera_frame_id, ee_pose_msg, image_msg, joint_state_msg
@@ -72,9 +79,11 @@ class SimNode(Node):
         declare("lockstep_timeout", 2.0)
         declare("startup_timeout", 120.0)
         declare("republish_period", 0.5)
+        declare("source", "policy")  # whose chunks run ("policy" | "teleop"; chunk header.frame_id)
         defaults = SafetyLimits().to_dict()
         for name, value in defaults.items():
             declare(f"safety.{name}", list(value) if isinstance(value, tuple) else value)
+        refuse_undeclared_parameters(self)  # before loading the policy and building the sim
         p = lambda name: self.get_parameter(name).value  # noqa: E731
 
         limits = SafetyLimits.from_dict({name: p(f"safety.{name}") for name in defaults})
@@ -106,7 +115,7 @@ class SimNode(Node):
         sim = RobosuiteSim(task, seed=int(p("seed")))
         self.lock = LockstepSim(
             sim,
-            ChunkExecutor(SafetyEnvelope(limits), sim.period),
+            ChunkExecutor(SafetyEnvelope(limits), sim.period, source=p("source")),
             replan_every=act_steps if p("replan") == "chunk" else 1,
             horizon=horizon,
         )
@@ -125,6 +134,7 @@ class SimNode(Node):
         self.success_pub = self.create_publisher(Bool, "sim/success", results_qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self.chunk_sub = self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
+        self.executed_pub = self.create_publisher(JointTrajectory, "controller/executed", 10)
         self.create_service(SetBool, "controller/enable", self._on_enable)
         self.create_service(Trigger, "sim/reset", self._on_reset)
         self._ros_executor = SingleThreadedExecutor()
@@ -250,7 +260,9 @@ class SimNode(Node):
                 self._ros_executor.spin_once(timeout_sec=lock.period)
             else:
                 self._spin_some()
-            lock.step()
+            cmd = lock.step()
+            if cmd.is_move:  # what the sim arm executed, after the envelope, stamped with the sim time it ran
+                self.executed_pub.publish(executed_msg(cmd.action, lock.t - lock.period, cmd.source))
             if time.monotonic() - last_diag > 1.0:
                 self._publish_diagnostics()
                 last_diag = time.monotonic()

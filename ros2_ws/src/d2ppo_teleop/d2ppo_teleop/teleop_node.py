@@ -30,6 +30,7 @@ import time
 import rclpy
 from d2ppo_control import ActionChunk
 from d2ppo_control.ros_conversions import chunk_to_msg, diagnostic_status, stamp_to_sec
+from d2ppo_control.ros_params import refuse_undeclared_parameters
 from diagnostic_msgs.msg import DiagnosticArray
 from geometry_msgs.msg import PoseStamped
 from rclpy.clock import Clock, ClockType
@@ -59,6 +60,7 @@ class TeleopNode(Node):
         self.declare_parameter("gripper_closed", False)
         self.declare_parameter("stamp", "now")
         self.declare_parameter("diagnostics_period", 1.0)
+        refuse_undeclared_parameters(self)  # before opening the input device
         param = lambda name: self.get_parameter(name).value  # noqa: E731
 
         self.stamp_mode = param("stamp")
@@ -104,7 +106,9 @@ class TeleopNode(Node):
         state_stamp = self._state_stamp if self.stamp_mode == "robot_state" else None
         stamp = choose_stamp(now, state_stamp, self._last_stamp, max_state_age=0.5 * self.period)
         self._last_stamp = stamp
-        self.chunk_pub.publish(chunk_to_msg(ActionChunk(stamp=stamp, period=self.period, actions=action[None])))
+        self.chunk_pub.publish(
+            chunk_to_msg(ActionChunk(stamp=stamp, period=self.period, actions=action[None], source="teleop"))
+        )
         self.stats["chunks"] += 1
 
     def _publish_diagnostics(self) -> None:
@@ -122,7 +126,8 @@ class TeleopNode(Node):
         self.diag_pub.publish(msg)
 
     def destroy_node(self) -> None:
-        self.source.close()
+        if hasattr(self, "source"):  # unset if __init__ raised; rclpy.shutdown() still destroys the node
+            self.source.close()
         super().destroy_node()
 
 
