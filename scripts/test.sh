@@ -12,4 +12,7 @@ done
 export MUJOCO_GL=${MUJOCO_GL:-egl} PYTHONUNBUFFERED=1
 # Tests start ROS 2 processes with their own ROS_DOMAIN_IDs; a stale RMW choice would break them.
 unset RMW_IMPLEMENTATION
+# DDS discovery stays on this host for every process the tests start (DESIGN.md): ROS 2's default range,
+# SUBNET, would let a test's chunks or service calls reach a robot on the LAN in the same domain.
+export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
 exec .venv/bin/python -m pytest "$@"

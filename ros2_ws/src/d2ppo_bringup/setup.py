@@ -7,7 +7,9 @@ package_name = "d2ppo_bringup"
 # The deployment profiles live in the repository's top-level launch/ folder (the files a user edits).
 # An installed (non-symlink) build copies them to share/d2ppo_bringup/config; graph.launch_dir()
 # prefers the repository's own folder when the package runs from the source tree.
-profiles = sorted(str(p) for p in Path("../../../launch").glob("*.yaml")) if Path("../../../launch").is_dir() else []
+# dds.env: the robot profile's DDS domain and discovery range (node_processes.dds_environment).
+launch = Path("../../../launch")
+profiles = sorted(str(p) for p in [*launch.glob("*.yaml"), *launch.glob("*.env")]) if launch.is_dir() else []
 
 setup(
     name=package_name,
@@ -25,5 +27,5 @@ setup(
     maintainer_email="d2ppo@example.com",
     description="Launch files, the node-graph declaration and a launch-free graph runner for the D2PPO stack",
     license="MIT",
-    entry_points={"console_scripts": ["d2ppo_run = d2ppo_bringup.run:main"]},
+    entry_points={"console_scripts": ["d2ppo_run = d2ppo_bringup.run:main", "d2ppo_ctl = d2ppo_bringup.ctl:main"]},
 )

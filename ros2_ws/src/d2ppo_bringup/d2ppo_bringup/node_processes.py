@@ -5,6 +5,12 @@ process group, so stopping it also stops anything it started. Stopping escalates
 shuts down cleanly and removes its Fast DDS segments) -> SIGTERM -> SIGKILL. A process killed with
 SIGKILL leaves its Fast DDS shared-memory segments in /dev/shm (DESIGN.md); ``clean_fastdds_shm``
 removes those whose owner is gone.
+
+DDS environment of a graph (``dds_environment``): the sim graph discovers on localhost only (a robot on
+the LAN listening in the same domain must never receive sim chunks); the robot graph (``panda``) takes
+its domain and discovery range from ``launch/dds.env``, the one file docker compose and the robot
+image's entrypoint read too. Variables already set in the environment always win. Each node runs in
+the SROS2 enclave named like the node (``enclave_name``); it matters only with ROS_SECURITY_ENABLE=true.
 """
 
 from __future__ import annotations
@@ -17,13 +23,53 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from d2ppo_bringup.graph import NodeSpec, ros_arguments
+from d2ppo_bringup.graph import NodeSpec, launch_dir, node_fqn, ros_arguments
 
 SHM_DIR = Path("/dev/shm")
+DDS_ENV_FILE = "dds.env"
+#: Discovery range of the sim graph and the tests when the environment sets none (ROS 2's default is SUBNET).
+SIM_DISCOVERY_RANGE = "LOCALHOST"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``KEY=VALUE`` lines of a docker compose env file, in order; blank lines and ``#`` comments skipped."""
+    values: dict[str, str] = {}
+    for n, line in enumerate(Path(path).read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, sep, value = line.partition("=")
+        if not sep or not key.strip().isidentifier():
+            raise ValueError(f"{path}:{n}: not a KEY=VALUE line: {line!r}")
+        values[key.strip()] = value
+    return values
+
+
+def dds_environment(
+    graph: str, env: Mapping[str, str] | None = None, launch_directory: Path | None = None
+) -> tuple[dict[str, str], dict[str, str]]:
+    """(environment for the ``graph``'s processes, the DDS settings this added to ``env``).
+
+    ``sim``: ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST unless set. ``panda`` (the robot profile): every
+    variable of ``<launch dir>/dds.env`` that ``env`` leaves unset. ``env`` defaults to this process's.
+    """
+    out = dict(os.environ if env is None else env)
+    if graph == "panda":
+        defaults = read_env_file((launch_directory or launch_dir()) / DDS_ENV_FILE)
+    else:
+        defaults = {"ROS_AUTOMATIC_DISCOVERY_RANGE": SIM_DISCOVERY_RANGE}
+    added = {k: v for k, v in defaults.items() if k not in out}
+    out.update(added)
+    return out, added
+
+
+def enclave_name(spec: NodeSpec, namespace: str = "") -> str:
+    """The node's SROS2 enclave: its fully qualified name (``/franka``, ``/robot1/franka``)."""
+    return node_fqn(spec, namespace)
 
 
 def node_command(
@@ -32,12 +78,14 @@ def node_command(
     """The command line of one node: its console script beside this interpreter, else ``python -m``.
 
     ``scratch_dir``: where the node's inline parameter file is written (keep it until the node exits).
+    The node runs in its own SROS2 enclave (``enclave_name``), used only when security is enabled.
     """
     script = Path(sys.executable).parent / spec.executable
     found = str(script) if script.is_file() else shutil.which(spec.executable)
     head = [found] if found else [sys.executable, "-m", spec.module]
     inline = Path(scratch_dir) / f"{spec.name}.params.yaml"
-    return head + ros_arguments(spec, namespace, launch_directory, inline)
+    enclave = ["--enclave", enclave_name(spec, namespace)]
+    return head + ros_arguments(spec, namespace, launch_directory, inline) + enclave
 
 
 class NodeProcess:

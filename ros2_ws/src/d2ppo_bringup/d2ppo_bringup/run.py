@@ -5,6 +5,10 @@ node is a subprocess with ``--ros-args``; output lines are prefixed with the nod
 ends when a required node exits (the sim node after its episodes), when any node fails, or on
 Ctrl-C / SIGTERM; every child is stopped before this exits. Exit code: the required node's, the
 failed node's, or 130 after Ctrl-C.
+
+DDS: ``sim`` discovers on localhost only unless ROS_AUTOMATIC_DISCOVERY_RANGE is set; ``panda`` takes
+what the environment leaves unset from ``launch/dds.env`` (non-zero domain, LOCALHOST), like the robot
+image (``node_processes.dds_environment``).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from pathlib import Path
 
 from d2ppo_bringup.graph import GRAPHS, NodeSpec, launch_dir, panda_graph, sim_graph
-from d2ppo_bringup.node_processes import NodeProcess, node_command, stop_all
+from d2ppo_bringup.node_processes import DDS_ENV_FILE, NodeProcess, dds_environment, node_command, stop_all
 
 
 def build_graph(args: argparse.Namespace) -> list[NodeSpec]:
@@ -63,6 +67,16 @@ def run(args: argparse.Namespace) -> int:
         return 2
     graph = build_graph(args)
     directory = launch_dir()
+    try:
+        env, added = dds_environment(args.graph, launch_directory=directory)
+    except (OSError, ValueError) as e:
+        print(f"run: the robot profile's DDS settings: {e}", file=sys.stderr)
+        return 2
+    origin = f" ({', '.join(added)} from {directory / DDS_ENV_FILE if args.graph == 'panda' else 'the sim default'})"
+    domain, scope = env.get("ROS_DOMAIN_ID", "0"), env.get("ROS_AUTOMATIC_DISCOVERY_RANGE", "SUBNET")
+    print(
+        f"[run] DDS: ROS_DOMAIN_ID={domain} ROS_AUTOMATIC_DISCOVERY_RANGE={scope}{origin if added else ''}", flush=True
+    )
     processes: list[tuple[NodeSpec, NodeProcess]] = []
     interrupted = False
 
@@ -76,7 +90,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         for spec in graph:
             cmd = node_command(spec, Path(scratch.name), args.namespace, directory)
-            proc = NodeProcess(spec.name, cmd)
+            proc = NodeProcess(spec.name, cmd, env=env)
             print(f"[run] started {spec.name} (pid {proc.pid}): {' '.join(cmd)}", flush=True)
             processes.append((spec, proc))
         while not interrupted:
