@@ -4,7 +4,7 @@
 # sim.launch.py` starts), for N episodes of the policy's task; prints the success rate.
 #
 # Usage: scripts/run_sim_stack.sh [--policy policies/<name>] [--episodes N] [--video out.mp4]
-#                                 [--horizon TICKS] [--seed S] [--results out.json] [--backend torch|onnx]
+#                                 [--horizon TICKS] [--seed S] [--results out.json] [--backend torch|onnx] [--bag run.mcap]
 # Default policy: the first package under policies/. Default episodes: 10. Default video:
 # outputs/sim_stack/<policy>.mp4 (the first episode's agentview camera).
 set -euo pipefail
@@ -13,7 +13,7 @@ cd "$(dirname "$0")/.."
 die() { echo "run_sim_stack: $*" >&2; exit 2; }
 usage() { sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//'; }
 
-policy="" episodes=10 video="" horizon="" seed=0 results="" backend=torch
+policy="" episodes=10 video="" horizon="" seed=0 results="" backend=torch bag=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --policy) [ $# -ge 2 ] || die "--policy needs a folder"; policy=$2; shift 2 ;;
@@ -22,6 +22,7 @@ while [ $# -gt 0 ]; do
     --horizon) [ $# -ge 2 ] || die "--horizon needs a number"; horizon=$2; shift 2 ;;
     --seed) [ $# -ge 2 ] || die "--seed needs a number"; seed=$2; shift 2 ;;
     --results) [ $# -ge 2 ] || die "--results needs a file name"; results=$2; shift 2 ;;
+    --bag) [ $# -ge 2 ] || die "--bag needs a file name (run.mcap)"; bag=$2; shift 2 ;;
     --backend) [ $# -ge 2 ] || die "--backend needs torch or onnx"; backend=$2; shift 2 ;;
     -h|--help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
@@ -31,6 +32,14 @@ done
 [[ "$seed" =~ ^[0-9]+$ ]] || die "--seed must be a non-negative integer, got '$seed'"
 [ -z "$horizon" ] || [[ "$horizon" =~ ^[1-9][0-9]*$ ]] || die "--horizon must be a positive integer, got '$horizon'"
 [[ "$backend" =~ ^(torch|onnx)$ ]] || die "--backend must be torch or onnx, got '$backend'"
+if [ -n "$bag" ]; then  # the recording (d2ppo_bringup.bag): the same checks as its own, before anything starts
+  [[ "$bag" == *.mcap ]] || die "--bag '$bag': the recording's name must end in .mcap"
+  [ -d "$(dirname "$bag")" ] || die "--bag '$bag': the folder '$(dirname "$bag")' does not exist"
+  [ ! -d "$bag" ] || die "--bag '$bag' is a folder, not a file name"
+  [ -e "$bag.part" ] && probe_kept=1 || probe_kept=0
+  { : >> "$bag.part"; } 2>/dev/null || die "--bag '$bag' cannot be written"
+  [ $probe_kept = 1 ] || rm -f "$bag.part"
+fi
 
 if [ -z "$policy" ]; then
   for card in policies/*/policy.json; do
@@ -68,6 +77,7 @@ export ROS_AUTOMATIC_DISCOVERY_RANGE=${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}
 
 args=(sim --policy "$policy" --episodes "$episodes" --seed "$seed" --video "$video" --results "$results" --backend "$backend")
 [ -z "$horizon" ] || args+=(--horizon "$horizon")
+[ -z "$bag" ] || args+=(--bag "$bag")
 echo "[run_sim_stack] policy $policy, $episodes episodes, seed $seed, ROS_DOMAIN_ID=${ROS_DOMAIN_ID:-0}"
 set +e
 .venv/bin/python -m d2ppo_bringup.run "${args[@]}"
@@ -92,3 +102,4 @@ print(f"success rate: {r['successes']}/{r['episodes']} = {r['success_rate']:.2f}
 print(f"video:        {video}")
 print(f"results:      {results}")
 EOF
+[ -z "$bag" ] || echo "recording:    $bag  (plot it: .venv/bin/python -m d2ppo_bringup.timeline $bag)"

@@ -40,10 +40,12 @@ def test_chunk_actions_execute_one_per_tick_at_their_times():
 
 
 def test_chunk_arriving_between_ticks_loses_no_action():
-    ex = make_executor()
-    ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.001)
-    got = run(ex, 10.04, 4)  # first tick 40 ms after the stamp
-    assert [x for _, x, _ in got] == [0.1, 0.2, 0.3, 0.4]
+    """From rest a chunk plays all its actions, one per tick, however the ticks are phased against its stamp."""
+    for first_tick in (10.01, 10.04):
+        ex = make_executor()
+        ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.001)
+        got = run(ex, first_tick, 4)
+        assert [x for _, x, _ in got] == [0.1, 0.2, 0.3, 0.4]
 
 
 def test_stale_chunk_actions_are_dropped():
@@ -59,10 +61,16 @@ def test_actions_that_become_overdue_while_pending_are_dropped_not_run_late():
     ex = make_executor()
     ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.0)
     assert ex.tick(10.0, EE).action[0] == pytest.approx(0.1)
-    # the controller stalls for 130 ms: 0.2 (due 10.05) is overdue beyond tolerance, 0.3 (10.10) is not
+    # the controller stalls for 130 ms: 0.2 (due 10.05) is overdue beyond tolerance; of 0.3 (10.10, 30 ms
+    # late) and 0.4 (10.15, 20 ms ahead) the nearer slot runs
     cmd = ex.tick(10.13, EE)
-    assert cmd.action[0] == pytest.approx(0.3)
-    assert ex.stats()["actions_dropped_stale"] == 1
+    assert cmd.action[0] == pytest.approx(0.4)
+    assert ex.stats()["actions_dropped_stale"] == 2
+    # a stall of 70 ms: the nearest slot is the overdue one, and it still runs
+    ex = make_executor()
+    ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.0)
+    ex.tick(10.0, EE)
+    assert ex.tick(10.07, EE).action[0] == pytest.approx(0.2)
 
 
 def test_newer_chunk_replaces_the_rest_of_the_older_one():

@@ -156,3 +156,27 @@ def test_package_that_cannot_take_policy_onnx_still_gets_an_onnx_sampler(tmp_pat
     assert sampler.onnx_path.is_file() and sampler.onnx_path.parent != path
     obs, noise = random_obs(package.spec, 2), random_noise(package, 2)
     assert np.abs(sampler(obs, noise) - package.sampler("torch")(obs, noise)).max() <= PARITY_ATOL
+
+
+@pytest.mark.parametrize(
+    "spec,frozen_encoder",
+    [("image", False), ("image", True), ("lowdim", False)],  # a low-dim encoder has no weights to freeze
+    ids=["image-frozen-denoiser", "image-frozen-denoiser-and-encoder", "lowdim-frozen-denoiser"],
+)
+def test_onnx_parity_holds_for_a_chain_with_frozen_early_steps(tmp_path, spec, frozen_encoder):
+    """A package fine-tuned on the last K′ = 4 of 10 steps: the first 6 run the frozen pre-trained denoiser (and
+    encoder), in the ONNX graph as in torch."""
+    path = make_random_policy(tmp_path / "p", spec=SPECS[spec], cfg=PolicyConfig(**SMALL), seed=5, frozen_steps=6,
+                              frozen_encoder=frozen_encoder)
+    package = load_policy(path)
+    assert package.model.frozen_steps == 6
+    obs, noise = random_obs(package.spec, 2), random_noise(package, 2)
+    for std in (0.0, 0.4):
+        want = package.sampler("torch", std=std)(obs, noise)
+        assert np.abs(package.sampler("naive", std=std)(obs, noise) - want).max() <= 1e-6
+        got = package.sampler("onnx", std=std, threads=1)(obs, noise)
+        assert np.abs(got - want).max() <= PARITY_ATOL
+        assert (np.abs(want) < 0.99).mean() > 0.1
+    # The frozen steps matter: the same fine-tuned denoiser on every step gives other actions.
+    single = load_policy(make_random_policy(tmp_path / "q", spec=SPECS[spec], cfg=PolicyConfig(**SMALL), seed=5))
+    assert np.abs(single.sampler("torch", std=0.0)(obs, noise) - package.sampler("torch", std=0.0)(obs, noise)).max() > 1e-3

@@ -46,3 +46,23 @@ def test_card_and_readme_state_the_measured_result(pkg: Path):
         assert card["finetuning"]["command"].split()[:3] == ["python", "-m", "d2ppo.rl.finetune"]
         assert card["finetuning"]["command"] in " ".join(readme.replace("\\\n", " ").split()), \
             f"{pkg.name}/README.md does not show the exact fine-tuning command of the card"
+
+
+@pytest.mark.parametrize("pkg", RELEASED, ids=lambda p: p.name)
+def test_released_package_ships_an_onnx_sampler_that_matches_torch(pkg: Path):
+    """DESIGN.md: every released package ships policy.onnx; the robot and real-time profiles run it
+    (backend auto). Same observation and chain noise -> the same chunk as the torch sampler."""
+    import numpy as np
+
+    assert (pkg / "policy.onnx").is_file(), f"{pkg.name}: no policy.onnx (python -m d2ppo.export --policy {pkg})"
+    package = load_policy(pkg)
+    rng = np.random.default_rng(0)
+    spec = package.spec
+    obs = {"state": rng.uniform(-1, 1, (spec.n_obs_steps, spec.state_dim)).astype(np.float32)}
+    if spec.uses_images:
+        shape = (spec.n_obs_steps, len(spec.camera_names), 3, spec.image_size, spec.image_size)
+        obs["rgb"] = rng.integers(0, 256, shape, dtype=np.uint8)
+    noise = rng.standard_normal(package.sampler("torch").noise_shape(1)[1:], dtype=np.float32)
+    want = package.sampler("torch")(obs, noise)
+    got = package.sampler("onnx", threads=1)(obs, noise)
+    assert np.abs(got - want).max() <= 1e-4

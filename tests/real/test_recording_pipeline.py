@@ -1,7 +1,9 @@
 """Recording demos through the real node processes: playback camera + scripted teleop + recorder over DDS.
 
-The test process stands in for the arm (publishes /robot/joint_states and /robot/ee_pose) and listens
-to what the nodes publish, so every recorded value can be traced back to a published message.
+The test process stands in for the arm (publishes /robot/joint_states and /robot/ee_pose) and for the
+controller's output side (executes the teleop chunks with the controllers' own ChunkExecutor and
+SafetyEnvelope and publishes each action sent on /controller/executed), and listens to what the nodes
+publish, so every recorded value can be traced back to a published message.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class FakeArmState:
         self.pose_pub = self.node.create_publisher(PoseStamped, "/robot/ee_pose", 10)
         self.joint_pub = self.node.create_publisher(JointState, "/robot/joint_states", 10)
         self.published: dict[float, dict] = {}
+        self.latest: tuple[np.ndarray, np.ndarray] | None = None  # (pos, quat) last published
         self._k = 0
         self.node.create_timer(1.0 / rate_hz, self._publish)
 
@@ -61,6 +64,48 @@ class FakeArmState:
         self.pose_pub.publish(pose)
         self.joint_pub.publish(js)
         self.published[t] = {"pos": pos, "quat": quat, "joints": joints, "fingers": fingers}
+        self.latest = (np.array(pos), np.array(quat))
+
+
+class FakeController:
+    """The output side of the franka / sim node: chunks from /policy/action_chunk go through the controllers'
+    own ``ChunkExecutor`` and ``SafetyEnvelope`` at the control rate, and every action sent to the "arm" is
+    published on /controller/executed (``executed_msg``: after the envelope, stamped when sent) and remembered.
+    """
+
+    def __init__(self, test_node, arm: FakeArmState, limits=None, period: float = 0.05):
+        from d2ppo_control import ChunkExecutor, SafetyEnvelope, SafetyLimits
+        from trajectory_msgs.msg import JointTrajectory
+
+        self.node = test_node.node
+        self.arm = arm
+        self.period = period
+        self.executor = ChunkExecutor(SafetyEnvelope(limits or SafetyLimits()), period, late_tolerance=2 * period)
+        self.pub = self.node.create_publisher(JointTrajectory, "/controller/executed", 50)
+        self.executed: dict[float, tuple[np.ndarray, str]] = {}  # stamp (s) -> (action [7], source)
+        self.node.create_subscription(JointTrajectory, "/policy/action_chunk", self._on_chunk, 50)
+        self.node.create_timer(period, self._tick)
+
+    def _now(self) -> float:
+        from d2ppo_control.ros_conversions import sec_to_stamp, stamp_to_sec
+
+        return stamp_to_sec(sec_to_stamp(self.node.get_clock().now().nanoseconds * 1e-9))
+
+    def _on_chunk(self, msg) -> None:
+        from d2ppo_control.ros_conversions import chunk_from_msg
+
+        self.executor.submit(chunk_from_msg(msg, default_period=self.period), self._now())
+
+    def _tick(self) -> None:
+        from d2ppo_control.ros_conversions import executed_msg
+
+        if self.arm.latest is None:
+            return
+        now = self._now()
+        cmd = self.executor.tick(now, *self.arm.latest)
+        if cmd.is_move:
+            self.pub.publish(executed_msg(cmd.action, now, cmd.source))
+            self.executed[now] = (np.array(cmd.action), cmd.source)
 
 
 def _collect(test_node, msg_type, topic, qos=10):
@@ -74,7 +119,8 @@ def _collect(test_node, msg_type, topic, qos=10):
 def test_recorded_demos_train_without_conversion_and_trace_back_to_published_messages(
     spawn, test_node, tmp_path, make_playback_file
 ):
-    from d2ppo_control.ros_conversions import chunk_from_msg, stamp_to_sec
+    from d2ppo_control import SafetyLimits
+    from d2ppo_control.ros_conversions import stamp_to_sec
     from rclpy.qos import QoSProfile, ReliabilityPolicy
     from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
@@ -90,6 +136,8 @@ def test_recorded_demos_train_without_conversion_and_trace_back_to_published_mes
                       QoSProfile(depth=50, reliability=ReliabilityPolicy.RELIABLE))
     chunks = _collect(test_node, JointTrajectory, "/policy/action_chunk", 50)
     arm = FakeArmState(test_node)
+    # A tight step limit, so that every teleop action is clipped: the file must hold what was executed.
+    controller = FakeController(test_node, arm, SafetyLimits(max_translation_per_step=0.005))
     spawn("d2ppo_camera.camera_node", {"source": "playback", "camera_names": [CAMERA],
                                        "playback_files": [str(playback)], "fps": 30.0},
           param_files=["launch/cameras.yaml"])
@@ -99,8 +147,9 @@ def test_recorded_demos_train_without_conversion_and_trace_back_to_published_mes
                                                        "image_size": IMAGE_SIZE, "task": "Lift",
                                                        "robot_ip": "172.16.0.2", "max_obs_age": 0.5},
                      param_files=["launch/recorder.yaml"])
-    assert test_node.spin_until(lambda: len(images) > 5 and len(chunks) > 5, 40), (
-        f"nodes not publishing (images {len(images)}, chunks {len(chunks)}); recorder log:\n{recorder.output()}"
+    assert test_node.spin_until(lambda: len(images) > 5 and len(chunks) > 5 and len(controller.executed) > 5, 40), (
+        f"nodes not publishing (images {len(images)}, chunks {len(chunks)}, executed {len(controller.executed)}); "
+        f"recorder log:\n{recorder.output()}"
     )
 
     lengths = []
@@ -129,28 +178,34 @@ def test_recorded_demos_train_without_conversion_and_trace_back_to_published_mes
     assert item["state"].shape == (2, 9) and item["actions"].shape == (4, 7)
 
     published_images = {stamp_to_sec(m.header.stamp): m.data[0] for m in images}
-    published_chunks = {round(c.stamp, 6): c for c in (chunk_from_msg(m, default_period=0.05) for m in chunks)}
-    expected_action = [0.15, 0.0, -0.15, 0.0, 0.0, 0.0, 1.0]  # gain 0.3 x motion, gripper toggled closed
+    commanded = [0.15, 0.0, -0.15, 0.0, 0.0, 0.0, 1.0]  # teleop: gain 0.3 x motion, gripper toggled closed
+    assert all(np.allclose(m.points[0].positions, commanded) for m in chunks[-5:])
+    # What the envelope let through: the step scaled down to 5 mm, direction and gripper kept.
+    executed = [np.sqrt(0.5) * 0.1, 0.0, -np.sqrt(0.5) * 0.1, 0.0, 0.0, 0.0, 1.0]
     for name, n in zip(("demo_0", "demo_1"), lengths):
         demo = read_demo(out, name)
         assert len(demo) == n and n >= 10, f"{name}: {n} samples"
         ts = demo.obs["timestamp"]
         assert np.all(np.diff(ts) > 0), "sample times must increase"
-        assert 0.03 < np.median(np.diff(ts)) < 0.08, "one sample per 20 Hz teleop action"
-        # Every sample's action is the action of the teleop chunk due at that time.
+        assert 0.03 < np.median(np.diff(ts)) < 0.08, "one sample per 20 Hz executed action"
+        # Every sample is an action the controller published on /controller/executed, with its stamp, as sent:
+        # the clipped action, not the commanded one.
         for t, action in zip(ts, demo.actions):
-            chunk = published_chunks[round(float(t), 6)]
-            np.testing.assert_allclose(action, chunk.actions[0], atol=1e-6)
-        np.testing.assert_allclose(demo.actions, np.tile(expected_action, (n, 1)), atol=1e-6)
-        # Images: each sample used a frame that was published with that stamp, resized, stamps non-decreasing.
+            sent, _ = controller.executed[float(t)]
+            np.testing.assert_allclose(action, sent, atol=1e-6)
+        np.testing.assert_allclose(demo.actions, np.tile(executed, (n, 1)), atol=1e-6)
+        # Images: each sample used a frame that was published with that stamp, captured at or before the action
+        # was sent, resized, stamps non-decreasing.
         cam_stamps = demo.obs[f"{CAMERA}_stamp"]
-        assert np.all(np.diff(cam_stamps) >= 0)
+        assert np.all(np.diff(cam_stamps) >= 0) and np.all(cam_stamps <= ts)
         assert demo.obs[f"{CAMERA}_image"].shape == (n, IMAGE_SIZE, IMAGE_SIZE, 3)
         for s, img in zip(cam_stamps, demo.obs[f"{CAMERA}_image"]):
             assert float(s) in published_images, "recorded image stamp was never published"
             assert int(img[0, 0, 0]) == published_images[float(s)], "recorded image is not the published frame"
         assert np.all(ts - cam_stamps < 0.5)
-        # Robot state: exactly what the arm published with the recorded stamp, in robomimic names.
+        # Robot state: exactly what the arm published with the recorded stamp (at or before the action), in
+        # robomimic names.
+        assert np.all(demo.obs["robot0_eef_stamp"] <= ts) and np.all(demo.obs["robot0_joint_stamp"] <= ts)
         for i, s in enumerate(demo.obs["robot0_eef_stamp"]):
             sent = arm.published[float(s)]
             np.testing.assert_allclose(demo.obs["robot0_eef_pos"][i], sent["pos"])
@@ -164,8 +219,7 @@ def test_recorded_demos_train_without_conversion_and_trace_back_to_published_mes
 
 @pytest.mark.timeout(90)
 def test_recorder_killed_mid_episode_leaves_earlier_episodes_readable(spawn, test_node, tmp_path):
-    from d2ppo_control import ActionChunk
-    from d2ppo_control.ros_conversions import chunk_to_msg
+    from d2ppo_control.ros_conversions import executed_msg
     from d2ppo_inference.ros_messages import image_msg
     from sensor_msgs.msg import Image
     from std_srvs.srv import Trigger
@@ -174,13 +228,13 @@ def test_recorder_killed_mid_episode_leaves_earlier_episodes_readable(spawn, tes
     out = tmp_path / "demos.hdf5"
     arm = FakeArmState(test_node)
     image_pub = test_node.node.create_publisher(Image, f"/cameras/{CAMERA}/image_raw", 2)
-    chunk_pub = test_node.node.create_publisher(JointTrajectory, "/policy/action_chunk", 10)
+    executed_pub = test_node.node.create_publisher(JointTrajectory, "/controller/executed", 10)
     frame = np.full((24, 24, 3), 90, np.uint8)
 
     def publish_inputs():
         now = test_node.node.get_clock().now().nanoseconds * 1e-9
         image_pub.publish(image_msg(frame, now, "cam"))
-        chunk_pub.publish(chunk_to_msg(ActionChunk(stamp=now, period=0.05, actions=np.full((1, 7), 0.1))))
+        executed_pub.publish(executed_msg(np.full(7, 0.1), now, "teleop"))
 
     test_node.node.create_timer(0.05, publish_inputs)
     recorder = spawn("d2ppo_recorder.recorder_node", {"output": str(out), "camera_names": [CAMERA],

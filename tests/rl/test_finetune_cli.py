@@ -66,11 +66,12 @@ def pixel_package(tmp_path_factory):
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("train_encoder", [False, True], ids=["frozen-vit", "vit-fine-tuned"])
+@pytest.mark.parametrize("train_encoder", [False, True], ids=["frozen-vit", "vit-fine-tuned-by-default"])
 def test_one_iteration_from_pixels_renders_the_camera_and_updates_the_actor(pixel_package, tmp_path, train_encoder):
-    """The pixel path: rendered agentview images -> ViT features (critic input) -> PPO update -> package."""
+    """The pixel path: rendered agentview images -> ViT features (critic input) -> PPO update -> package.
+    As in DPPO, a pixel policy's ViT is fine-tuned (with random shifts) unless --no-train-encoder."""
     out = tmp_path / "ft"
-    extra = ["--train-encoder"] if train_encoder else []
+    extra = [] if train_encoder else ["--no-train-encoder"]
     main(["--policy", str(pixel_package), "--out", str(out), "--run-dir", str(tmp_path / "run"),
           "--final-eval-episodes", "1", *TINY, *extra])
     pkg = load_policy(out)
@@ -80,3 +81,20 @@ def test_one_iteration_from_pixels_renders_the_camera_and_updates_the_actor(pixe
     moved = lambda a, b: any(not (x == y).all() for x, y in zip(a.state_dict().values(), b.state_dict().values()))  # noqa: E731
     assert moved(before.denoiser, after.denoiser)
     assert moved(before.encoder, after.encoder) is train_encoder
+
+
+@pytest.mark.timeout(300)
+def test_fine_tuning_the_last_steps_writes_and_evaluates_the_split_chain(lowdim_package, tmp_path):
+    """--ft-denoising-steps 4: the package keeps the pre-trained denoiser for the first 6 steps, and the final
+    evaluation (d2ppo.evaluate through load_policy) runs that chain."""
+    import torch
+
+    out = tmp_path / "ft"
+    main(["--policy", str(lowdim_package), "--out", str(out), "--run-dir", str(tmp_path / "run"),
+          "--final-eval-episodes", "1", "--ft-denoising-steps", "4", *TINY])
+    pkg = load_policy(out)
+    assert pkg.card["denoising_chain"]["fine_tuned_steps"] == 4 and pkg.model.frozen_steps == 6
+    assert pkg.card["evaluation"]["episodes"] == 1
+    before = load_policy(lowdim_package).model.denoiser.state_dict()
+    assert all(torch.equal(pkg.model.frozen_denoiser.state_dict()[k], v) for k, v in before.items())
+    assert not all(torch.equal(pkg.model.denoiser.state_dict()[k], v) for k, v in before.items())

@@ -30,7 +30,7 @@ def random_obs(n: int = 5) -> dict[str, np.ndarray]:
 
 @pytest.mark.parametrize("ft_steps", [10, 4])
 def test_chain_log_prob_equals_direct_gaussian_computation(ft_steps):
-    agent = make_agent(ft_steps, min_logprob_std=0.1)
+    agent = make_agent(ft_steps, min_logprob_std=0.1, logprob_clamp=None)
     _, rec = agent.act(random_obs())
     chain, cond = torch.as_tensor(rec["chain"]), torch.as_tensor(rec["cond"])
     assert chain.shape == (5, ft_steps + 1, 4, 7)
@@ -145,3 +145,134 @@ def test_updates_move_sampled_actions_toward_higher_advantage():
         rewards.append(float(r.mean()))
         agent.update({**obs, **rec, "advantage": (r - r.mean()).astype(np.float32), "return": r.astype(np.float32)})
     assert rewards[-1] > rewards[0] + 0.15, rewards
+
+
+# ---------------------------------------------------------------------- values that make log-probs non-finite
+@pytest.mark.parametrize(
+    "field,value",
+    [("min_logprob_std", 0.0), ("min_logprob_std", -0.1), ("min_logprob_std", float("nan")),
+     ("min_logprob_std", float("inf")), ("noise_eta", float("inf")), ("noise_eta", -1.0),
+     ("min_sampling_std", -0.1), ("logprob_clamp", (2.0, -5.0))],
+)
+def test_config_refuses_values_that_make_log_probs_non_finite(field, value):
+    with pytest.raises(ValueError, match=field):
+        DiffusionPPOConfig(**{field: value})
+
+
+def test_gaussian_config_refuses_a_non_positive_std_floor():
+    from d2ppo.rl.ppo_gaussian import GaussianPPOConfig
+
+    with pytest.raises(ValueError, match="std_min"):
+        GaussianPPOConfig(std_min=0.0)
+    with pytest.raises(ValueError, match="std_max"):
+        GaussianPPOConfig(std_min=0.1, std_max=0.05)
+
+
+# ---------------------------------------------------------------------- log-probability clamp (DPPO)
+def test_log_prob_clamp_bounds_each_elements_log_density_like_dppo():
+    """DPPO clamps every element's log-density of a transition to [-5, 2] before the per-dimension mean."""
+    clamped, raw = make_agent(4), make_agent(4, logprob_clamp=None)
+    assert clamped.cfg.logprob_clamp == (-5.0, 2.0)  # DPPO's default
+    _, rec = raw.act(random_obs(16))
+    chain, cond = torch.as_tensor(rec["chain"]).clone(), torch.as_tensor(rec["cond"])
+    chain[:, 1:] += torch.randn_like(chain[:, 1:]) * 3  # far from the means: many elements below -5
+    got = clamped.chain_log_prob(cond, chain)
+    for j in range(4):
+        mean, sigma = clamped.model.ddim_mean_std(chain[:, j], 3 - j, cond)
+        lp = Normal(mean, sigma.clamp(min=0.1)).log_prob(chain[:, j + 1])[:, :4]
+        assert (lp < -5).any()
+        torch.testing.assert_close(got[:, j], lp.clamp(-5.0, 2.0).sum(dim=(1, 2)), rtol=1e-5, atol=1e-4)
+        torch.testing.assert_close(raw.chain_log_prob(cond, chain)[:, j], lp.sum(dim=(1, 2)), rtol=1e-5, atol=1e-4)
+
+
+# ---------------------------------------------------------------------- behaviour-cloning regulariser (DPPO)
+def test_bc_regulariser_is_off_by_default_and_pulls_the_chain_toward_the_pre_trained_policy():
+    assert DiffusionPPOConfig().bc_coef == 0.0  # DPPO: use_bc_loss False
+    agent = make_agent(4, bc_coef=1.0, actor_lr=1e-3, update_epochs=1, minibatch_size=64)
+    batch = _batch(agent)
+    logs = agent.update(batch)
+    assert "bc_loss" in logs and np.isfinite(logs["bc_loss"])
+    # The teacher is the pre-trained chain: moving the fine-tuned weights away raises the BC loss, and
+    # an update with only the BC term (zero advantages) lowers it again.
+    with torch.no_grad():
+        for p in agent.model.denoiser.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    torch.manual_seed(0)
+    far = agent.bc_loss(agent.encode(agent._obs(batch))).item()
+    zero = {**batch, "advantage": np.zeros_like(batch["advantage"])}
+    for _ in range(20):
+        agent.update(zero)
+    torch.manual_seed(0)
+    near = agent.bc_loss(agent.encode(agent._obs(batch))).item()
+    assert near < far - 0.05, (far, near)
+
+
+# ---------------------------------------------------------------------- learning-rate warm-up
+def test_actor_learning_rate_warms_up_linearly_over_actor_update_iterations():
+    assert DiffusionPPOConfig().actor_lr_warmup_iters == 0  # DPPO's robomimic configs: min_lr = actor_lr, constant
+    agent = make_agent(actor_lr=1e-3, actor_lr_warmup_iters=3, actor_lr_warmup_start=0.25, update_epochs=1,
+                       minibatch_size=64)
+    batch = _batch(agent)
+    lrs = []
+    for update_actor in (False, True, True, True, True):  # a critic warm-up iteration does not count
+        logs = agent.update(batch, update_actor=update_actor)
+        lrs.append(logs.get("actor_lr"))
+    assert lrs[0] is None
+    assert lrs[1:] == pytest.approx([0.25e-3, 0.5e-3, 0.75e-3, 1e-3])
+    assert agent.actor_opt.param_groups[0]["lr"] == pytest.approx(1e-3)
+
+
+def test_without_warm_up_the_actor_learning_rate_is_constant():
+    agent = make_agent(actor_lr=1e-3, update_epochs=1, minibatch_size=64)
+    batch = _batch(agent)
+    assert [agent.update(batch)["actor_lr"] for _ in range(2)] == pytest.approx([1e-3, 1e-3])
+
+
+# ---------------------------------------------------------------------- ViT fine-tuning with random shifts
+PIXELS = ObsSpec(camera_names=("agentview",), image_size=32)
+
+
+def make_pixel_agent(**kw) -> DiffusionPPO:
+    torch.manual_seed(0)
+    model = DiffusionPolicy(PIXELS, PolicyConfig(mlp_dims=(32, 32, 32), vit_dim=32, vit_heads=2, spatial_emb=16))
+    act_norm = RangeNormalizer(min=-np.ones(7, np.float32), max=np.ones(7, np.float32))
+    return DiffusionPPO(model, act_norm, DiffusionPPOConfig(ft_denoising_steps=4, **kw))
+
+
+def _pixel_batch(agent, n=16):
+    rng = np.random.default_rng(2)
+    obs = {"state": rng.uniform(-1, 1, (n, 1, 9)).astype(np.float32),
+           "rgb": rng.integers(0, 256, (n, 1, 1, 3, 32, 32), dtype=np.uint8)}
+    _, rec = agent.act(obs)
+    adv = rng.standard_normal(n).astype(np.float32)
+    return {**obs, **rec, "advantage": adv, "return": adv + rec["value"]}
+
+
+def test_pixel_policies_fine_tune_the_vit_with_random_shifts_by_default():
+    """DPPO's image runs fine-tune the ViT and random-shift the update batch's images (pad 4)."""
+    assert make_pixel_agent().train_encoder and make_pixel_agent().augment
+    assert not make_agent().train_encoder  # low-dim: the encoder is the identity, nothing to fine-tune
+    assert not make_pixel_agent(train_encoder=False).train_encoder
+
+
+def test_random_shift_of_the_update_batch_keeps_the_first_ratio_at_one(monkeypatch):
+    """Old log-probs are recomputed on the shifted images (as DPPO does), so before any step the ratio is 1."""
+    import d2ppo.rl.ppo_diffusion as ppo
+
+    calls = []
+    real = ppo.random_shift
+
+    def spy(img, pad):
+        calls.append((tuple(img.shape), pad))
+        return real(img, pad)
+
+    monkeypatch.setattr(ppo, "random_shift", spy)
+    agent = make_pixel_agent(actor_lr=0.0, critic_lr=0.0, update_epochs=1, minibatch_size=16, logprob_clamp=None)
+    logs = agent.update(_pixel_batch(agent))
+    assert calls and calls[0] == ((16, 3, 32, 32), 4)
+    assert logs["ratio"] == pytest.approx(1.0, abs=1e-5) and logs["approx_kl"] == pytest.approx(0.0, abs=1e-7)
+    # The shifted images are what the update saw: other features than the rollout's.
+    agent_plain = make_pixel_agent(actor_lr=0.0, critic_lr=0.0, update_epochs=1, minibatch_size=16, augment=False)
+    n_calls = len(calls)
+    agent_plain.update(_pixel_batch(agent_plain))
+    assert len(calls) == n_calls

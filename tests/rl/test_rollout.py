@@ -36,3 +36,13 @@ def test_reward_scaler_divides_by_the_std_of_discounted_returns():
     out = scaler(rewards, np.zeros_like(rewards, bool))
     assert scaler.var == pytest.approx(0.25, rel=1e-3)
     np.testing.assert_allclose(out[:, 0], [0.0, 2.0, 0.0, 2.0], rtol=1e-3)
+
+
+def test_reward_scaler_forgets_the_return_of_envs_that_are_reset():
+    scaler = RunningRewardScaler(num_envs=2, gamma=0.5)
+    scaler(np.ones((3, 2)), np.zeros((3, 2), bool))
+    assert np.all(scaler.ret > 0)  # both episodes are running
+    scaler.reset(np.array([True, False]))  # env 0 was reset by force (e.g. after an evaluation)
+    assert scaler.ret[0] == 0.0 and scaler.ret[1] > 0
+    scaler.reset()
+    assert np.all(scaler.ret == 0.0)

@@ -233,3 +233,28 @@ def test_onnx_backend_gives_the_same_chunks_as_torch_in_the_runner(tiny_policy, 
             np.testing.assert_allclose(results[0].chunk.actions, results[1].chunk.actions, atol=1e-4)
             assert results[0].chunk.stamp == results[1].chunk.stamp
     assert (pkg / "policy.onnx").is_file()
+
+
+def test_history_of_several_frames_holds_consecutive_control_steps(tmp_path):
+    """To = 2: a repeated observation adds no frame, and a dropped tick (a hole in the history the policy
+    never saw in training) starts a fresh history."""
+    from d2ppo.model import PolicyConfig
+    from d2ppo.obs import ObsSpec
+    from d2ppo.package import make_random_policy
+
+    spec = ObsSpec(camera_names=(), n_obs_steps=2)
+    runner = PolicyRunner(load_policy(make_random_policy(tmp_path / "to2", spec=spec, cfg=PolicyConfig(mlp_dims=(32,) * 3))))
+    obs = runner.observation_inputs()
+
+    def tick(t: float):
+        obs.set_ee_pose(t, [0.45, 0.0, 0.1 + t], [1.0, 0.0, 0.0, 0.0])
+        obs.set_fingers(t, 0.02, 0.02)
+        return runner.tick(obs, now=t)
+
+    tick(1.0)
+    tick(1.05)
+    assert len(runner.builder._state) == 2
+    runner.tick(obs, now=1.10)  # no new observation this tick
+    assert runner.builder._state[0][2] != runner.builder._state[1][2]  # still the two distinct steps
+    result = tick(1.20)  # the 1.15 observation never came
+    assert result.history_reset and len(runner.builder._state) == 1

@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -40,13 +41,17 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
     records = []
     try:
         for ep in episode_ids:
-            obs = env.reset()
             builder.reset()
+            builder.add(raw_obs(env.reset(), cams))
             frames, steps, success, t0 = [], 0, False, time.time()
             while steps < horizon and not success:
-                chunk = sampler(builder(raw_obs(obs, cams)), noise=rng.standard_normal(sampler.noise_shape(1), dtype=np.float32))
+                chunk = sampler(builder.build(), noise=rng.standard_normal(sampler.noise_shape(1), dtype=np.float32))
+                # Every control step's observation enters the history (training windows are consecutive
+                # control steps); with one frame of history this builds one frame per chunk, as before.
+                recent: deque = deque(maxlen=pkg.spec.n_obs_steps)
                 for action in chunk[: pkg.act_steps]:
                     obs, _, _, _ = env.step(action)
+                    recent.append(raw_obs(obs, cams))  # a copy: robosuite may reuse its arrays
                     steps += 1
                     if ep in video_ids:
                         frames.append(render_frame(env, "agentview", 256))
@@ -55,6 +60,8 @@ def run_episodes(package_path: str, episode_ids: list[int], seed: int, horizon: 
                         break
                     if steps >= horizon:
                         break
+                for raw in recent:
+                    builder.add(raw)
             if frames and video_dir:
                 import imageio
 

@@ -45,6 +45,28 @@ def _mish(x: Tensor) -> Tensor:
     return x * (q / (2.0 - q))
 
 
+class _FoldedDenoiser(nn.Module):
+    """One denoiser's weights split for the folded chain: ``inp`` by its input columns (x, time, cond)."""
+
+    def __init__(self, den: nn.Module, act_flat: int, time_dim: int):
+        super().__init__()
+        self.den = den
+        w = den.inp.weight.detach()
+        self.register_buffer("w_x_t", w[:, :act_flat].T.contiguous())
+        self.register_buffer("w_c_t", w[:, act_flat + time_dim :].T.contiguous())
+        self.register_buffer("b_in", den.inp.bias.detach().clone())
+        self.w_t = w[:, act_flat : act_flat + time_dim]
+
+    def trunk(self, x: Tensor, bias: Tensor) -> Tensor:
+        """Hidden layers on flat x [B, Ta*Da] with the step's input bias [B, d0] -> Mish(late) [B, d_late]."""
+        h = torch.addmm(bias, x, self.w_x_t)
+        for adapter, block in zip(self.den.adapters, self.den.blocks):
+            h = adapter(h)
+            lin1, lin2 = block.net[1], block.net[3]
+            h = h + lin2(_mish(lin1(_mish(h))))
+        return _mish(h)
+
+
 class ExportedChain(nn.Module):
     """(rgb, state, noise, std) -> normalised actions: encoder once + unrolled DDIM chain, for tracing.
 
@@ -57,30 +79,34 @@ class ExportedChain(nn.Module):
         with ε' = (x - √ᾱ x̂0)/√(1-ᾱ),  μ = √ᾱ_prev x̂0 + c ε' = A x̂0 + B x,  A = √ᾱ_prev - c√ᾱ/√(1-ᾱ),
         B = c/√(1-ᾱ), c = √(1-ᾱ_prev-σ²). (Without the clip ε' = ε̂, so the same A, B hold.)
     A policy with ``eps_clip > 0`` keeps the unfolded update (``ddim_mean_std``) since the clip sits on ε'.
+    A split chain (a package fine-tuned on its last K′ < K steps) folds each step with the weights of the denoiser
+    that runs it (``DiffusionPolicy.denoiser_for``) and conditions the frozen steps on the frozen encoder's features.
     """
 
     def __init__(self, model: DiffusionPolicy):
         super().__init__()
-        cfg, den = model.cfg, model.denoiser
+        cfg = model.cfg
         self.model = model
         self.uses_images = model.spec.uses_images
         self.K = cfg.sample_steps
         self.act_flat = cfg.horizon * cfg.action_dim
         self.fold_update = cfg.eps_clip <= 0
         a, t = self.act_flat, cfg.time_dim
-        w = den.inp.weight.detach()
-        self.register_buffer("w_x_t", w[:, :a].T.contiguous())
-        self.register_buffer("w_c_t", w[:, a + t :].T.contiguous())
-        self.register_buffer("b_in", den.inp.bias.detach().clone())
-        out = den.out[1]
-        w_out_t = out.weight.detach().T.double()
-        b_out = out.bias.detach().double()
-        with torch.no_grad():
-            emb = den.time_emb(model.ddim_t)  # [K, time_dim], one row per chain index k
-        time_bias = emb @ w[:, a : a + t].T  # [K, dims[0]]
+        self.nets = nn.ModuleList([_FoldedDenoiser(model.denoiser, a, t)])
+        if model.frozen_steps:
+            self.nets.append(_FoldedDenoiser(model.frozen_denoiser, a, t))
+        self.net_of_step: list[int] = []  # index into self.nets per chain index k
         self.coef: list[tuple[float, float, float]] = []  # (1/√ᾱ, A, B) per chain index k
         for k in range(self.K):
-            self.register_buffer(f"time_bias_{k}", time_bias[k : k + 1].contiguous())
+            i = 0 if model.denoiser_for(k) is model.denoiser else 1
+            net = self.nets[i]
+            self.net_of_step.append(i)
+            with torch.no_grad():
+                emb = net.den.time_emb(model.ddim_t[k : k + 1])  # [1, time_dim]
+            self.register_buffer(f"time_bias_{k}", (emb @ net.w_t.T).contiguous())
+            out = net.den.out[1]
+            w_out_t = out.weight.detach().T.double()
+            b_out = out.bias.detach().double()
             ab, ab_prev, sigma = (float(v[k]) for v in (model.ddim_ab, model.ddim_ab_prev, model.ddim_sigma))
             r, s = ab**0.5, (1 - ab) ** 0.5
             c = max(1 - ab_prev - sigma**2, 0.0) ** 0.5
@@ -88,16 +114,8 @@ class ExportedChain(nn.Module):
             self.register_buffer(f"w_x0_{k}", (-(s / r) * w_out_t).float().contiguous())
             self.register_buffer(f"b_x0_{k}", (-(s / r) * b_out).float().contiguous())
             self.coef.append((1.0 / r, ab_prev**0.5 - c * r / s, c / s))
-
-    def _trunk(self, x: Tensor, bias: Tensor) -> Tensor:
-        """Denoiser hidden layers on flat x [B, Ta*Da] with the step's input bias [B, d0] -> Mish(late) [B, d_late]."""
-        den = self.model.denoiser
-        h = torch.addmm(bias, x, self.w_x_t)
-        for adapter, block in zip(den.adapters, den.blocks):
-            h = adapter(h)
-            lin1, lin2 = block.net[1], block.net[3]
-            h = h + lin2(_mish(lin1(_mish(h))))
-        return _mish(h)
+        for net in self.nets:
+            del net.w_t  # folded into the time biases
 
     def forward(self, *inputs: Tensor) -> Tensor:
         if self.uses_images:
@@ -108,13 +126,17 @@ class ExportedChain(nn.Module):
             obs = {"state": state}
         model, cfg = self.model, self.model.cfg
         shape = (-1, cfg.horizon, cfg.action_dim)  # no dynamic shape arithmetic in the graph
-        cond_bias = torch.addmm(self.b_in, model.encoder(obs), self.w_c_t)  # W_c cond + b, once per chunk
+        conds = model.encode(obs)  # (fine-tuned steps' features, frozen steps' features)
+        # W_c cond + b, once per chunk and denoiser
+        cond_bias = [torch.addmm(net.b_in, conds[i], net.w_c_t) for i, net in enumerate(self.nets)]
         noise = noise.flatten(1)  # [B, (K+1)·Ta·Da]
         # std is a graph input, so there is no branch on it: with std = 0 the chain adds exactly 0.
         zs = torch.split(std * noise, self.act_flat, dim=1)
         x = noise[:, : self.act_flat]
         for i, k in enumerate(range(self.K - 1, -1, -1)):
-            h = self._trunk(x, cond_bias + getattr(self, f"time_bias_{k}"))
+            n = self.net_of_step[k]
+            net = self.nets[n]
+            h = net.trunk(x, cond_bias[n] + getattr(self, f"time_bias_{k}"))
             if self.fold_update:
                 inv_r, coef_x0, coef_x = self.coef[k]
                 x0 = torch.addmm(x * inv_r + getattr(self, f"b_x0_{k}"), h, getattr(self, f"w_x0_{k}"))
@@ -122,8 +144,8 @@ class ExportedChain(nn.Module):
                     x0 = x0.clamp(-cfg.x0_clip, cfg.x0_clip)
                 mean = x0 * coef_x0 + x * coef_x if coef_x != 0.0 else x0 * coef_x0
             else:
-                eps_net = _FixedEps(self.model.denoiser.out[1](h))
-                mean, _ = model.ddim_mean_std(x.reshape(shape), k, cond_bias, denoiser=eps_net)
+                eps_net = _FixedEps(net.den.out[1](h))
+                mean, _ = model.ddim_mean_std(x.reshape(shape), k, cond_bias[n], denoiser=eps_net)
                 mean = mean.flatten(1)
             x = mean + zs[i + 1]
         return x.clamp(-1.0, 1.0).reshape(shape)

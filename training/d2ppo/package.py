@@ -2,6 +2,14 @@
 
 ONE loader for training eval, fine-tuning, ONNX export and the ROS inference node. Loading never executes
 code: weights are safetensors, metadata is JSON.
+
+Format versions (``policy.json``: ``format_version``); this code reads both:
+  1  one denoiser runs every DDIM step (pre-trained packages; fine-tuned with K′ = K).
+  2  a split chain, written only for a package fine-tuned on the last K′ < K steps: ``denoising_chain`` =
+     ``{"steps": K, "fine_tuned_steps": K′, "frozen_steps": K − K′, "frozen_encoder": bool}``; the first K − K′
+     steps run the frozen pre-trained denoiser, stored in model.safetensors under ``frozen_denoiser.*`` (and,
+     with ``frozen_encoder``, are conditioned on the pre-trained encoder under ``frozen_encoder.*``), the last
+     K′ steps the fine-tuned ``denoiser.*`` / ``encoder.*``.
 """
 
 from __future__ import annotations
@@ -22,7 +30,8 @@ from d2ppo.normalize import RangeNormalizer
 from d2ppo.obs import ObservationBuilder, ObsSpec
 
 FORMAT = "d2ppo-policy"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # newest version written; a package without a split chain is still written as version 1
+READABLE_VERSIONS = (1, 2)
 ACTION_NAMES = ("x", "y", "z", "roll", "pitch", "yaw", "gripper")
 ACTION_CONVENTION = "robosuite OSC_POSE delta in the robot base frame, [-1,1] = ±0.05 m / ±0.5 rad per step; gripper > 0 closes"
 
@@ -68,7 +77,7 @@ def save_policy(
     cfg = model.cfg
     card: dict[str, Any] = {
         "format": FORMAT,
-        "format_version": FORMAT_VERSION,
+        "format_version": FORMAT_VERSION if model.frozen_steps else 1,  # version 1 readers still load the rest
         "name": path.name,
         "task": task,
         "env_args": env_args,
@@ -85,6 +94,13 @@ def save_policy(
         "model": cfg.to_dict(),
         "normalization": {k: (v.to_dict() if v is not None else None) for k, v in normalizers.items()},
     }
+    if model.frozen_steps:
+        card["denoising_chain"] = {
+            "steps": cfg.sample_steps,
+            "fine_tuned_steps": cfg.sample_steps - model.frozen_steps,
+            "frozen_steps": model.frozen_steps,
+            "frozen_encoder": model.frozen_encoder is not None,
+        }
     card.update(extra or {})
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     fd, tmp = tempfile.mkstemp(dir=path, prefix=".model.safetensors.")
@@ -221,8 +237,9 @@ def load_policy(path: str | Path, device: str = "cpu") -> PolicyPackage:
         raise _fail(card_path, f"not valid JSON ({e})") from None
     if not isinstance(card, dict) or card.get("format") != FORMAT:
         raise _fail(card_path, f"not a {FORMAT} card (format={card.get('format') if isinstance(card, dict) else None!r})")
-    if card.get("format_version") != FORMAT_VERSION:
-        raise _fail(card_path, f"unknown format_version {card.get('format_version')!r} (this code reads {FORMAT_VERSION})")
+    version = card.get("format_version")
+    if version not in READABLE_VERSIONS:
+        raise _fail(card_path, f"unknown format_version {version!r} (this code reads {', '.join(map(str, READABLE_VERSIONS))})")
     for key in ("task", "obs", "model", "normalization"):
         if key not in card:
             raise _fail(card_path, f"missing key {key!r}")
@@ -236,6 +253,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> PolicyPackage:
         raise _fail(card_path, f"normalization.action must have {cfg.action_dim} dims")
     if norms.get("state") is not None and norms["state"].dim != spec.state_dim:
         raise _fail(card_path, f"normalization.state has {norms['state'].dim} dims, obs spec has {spec.state_dim}")
+    frozen_steps, frozen_encoder = _denoising_chain(card_path, card, cfg)
 
     from safetensors import SafetensorError
     from safetensors.torch import load_file
@@ -247,7 +265,7 @@ def load_policy(path: str | Path, device: str = "cpu") -> PolicyPackage:
     for name, t in state.items():
         if t.is_floating_point() and not torch.isfinite(t).all():
             raise _fail(weights_path, f"tensor {name!r} contains NaN or inf")
-    model = DiffusionPolicy(spec, cfg)
+    model = DiffusionPolicy(spec, cfg, frozen_steps=frozen_steps, frozen_encoder=frozen_encoder)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -261,17 +279,55 @@ def load_policy(path: str | Path, device: str = "cpu") -> PolicyPackage:
     return PolicyPackage(path=path, card=card, spec=spec, model=model, normalizers=norms)
 
 
+def _denoising_chain(card_path: Path, card: dict, cfg: PolicyConfig) -> tuple[int, bool]:
+    """(frozen_steps, frozen_encoder) of a card: (0, False) for version 1, checked ``denoising_chain`` for 2."""
+    if card["format_version"] == 1:
+        if "denoising_chain" in card:
+            raise _fail(card_path, "denoising_chain needs format_version 2 (it is 1)")
+        return 0, False
+    chain = card.get("denoising_chain")
+    if chain is None:
+        return 0, False
+    if not isinstance(chain, dict) or set(chain) != {"steps", "fine_tuned_steps", "frozen_steps", "frozen_encoder"}:
+        raise _fail(card_path, "denoising_chain must hold exactly steps, fine_tuned_steps, frozen_steps, frozen_encoder")
+    K, ft, frozen = chain["steps"], chain["fine_tuned_steps"], chain["frozen_steps"]
+    if K != cfg.sample_steps:
+        raise _fail(card_path, f"denoising_chain.steps is {K!r}, model.sample_steps is {cfg.sample_steps}")
+    if not isinstance(ft, int) or not 1 <= ft < K:
+        raise _fail(card_path, f"denoising_chain.fine_tuned_steps must be in [1, {K - 1}], got {ft!r}")
+    if frozen != K - ft:
+        raise _fail(card_path, f"denoising_chain.frozen_steps must be steps - fine_tuned_steps = {K - ft}, got {frozen!r}")
+    if not isinstance(chain["frozen_encoder"], bool):
+        raise _fail(card_path, f"denoising_chain.frozen_encoder must be true or false, got {chain['frozen_encoder']!r}")
+    return frozen, chain["frozen_encoder"]
+
+
 def make_random_policy(
-    path: str | Path, spec: ObsSpec | None = None, task: str = "Lift", seed: int = 0, cfg: PolicyConfig | None = None
+    path: str | Path,
+    spec: ObsSpec | None = None,
+    task: str = "Lift",
+    seed: int = 0,
+    cfg: PolicyConfig | None = None,
+    frozen_steps: int = 0,
+    frozen_encoder: bool = False,
 ) -> Path:
     """A randomly initialised package of the real format (for tests of the ROS stack and exports).
 
     Normalisation is the identity on [-1, 1] for actions and a plausible Lift range for the proprio.
+    ``frozen_steps`` > 0 writes a split chain (format version 2) whose frozen denoiser (and encoder, with
+    ``frozen_encoder``) are perturbed copies of the others, like a fine-tuned package's; the other weights are
+    the same as without them.
     """
     spec = spec or ObsSpec()
     cfg = cfg or PolicyConfig()
     torch.manual_seed(seed)
     model = DiffusionPolicy(spec, cfg)
+    if frozen_steps:
+        model.split_chain(cfg.sample_steps - frozen_steps, freeze_encoder=frozen_encoder)
+        with torch.no_grad():
+            for module in (model.frozen_denoiser, model.frozen_encoder):
+                for p in module.parameters() if module is not None else ():
+                    p.add_(0.5 * p.std().nan_to_num(0.0) * torch.randn_like(p))
     act = RangeNormalizer(min=-np.ones(cfg.action_dim, np.float32), max=np.ones(cfg.action_dim, np.float32))
     lo = np.full(spec.state_dim, -1.0, np.float32)
     hi = np.full(spec.state_dim, 1.0, np.float32)

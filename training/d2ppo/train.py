@@ -27,7 +27,7 @@ import torch
 
 from d2ppo.model import DiffusionPolicy, PolicyConfig
 from d2ppo.model.policy import DISPERSIVE_LAYERS, DispersiveConfig
-from d2ppo.obs import PROPRIO_KEYS, ObsSpec
+from d2ppo.obs import PROPRIO_KEYS, ObsSpec, image_key
 
 
 @dataclass
@@ -169,9 +169,11 @@ def train(cfg: TrainConfig, resume: bool = False, command: str | None = None) ->
     np.random.seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
 
+    # Validate first: a file that is not a robomimic HDF5 file (or lacks a key) raises DatasetFormatError, which
+    # main() reports in one line, before anything below opens it with h5py directly.
+    validate_file(cfg.data, obs_keys=[*(image_key(c) for c in cfg.cameras), *cfg.lowdim_keys])
     spec = ObsSpec(camera_names=tuple(cfg.cameras), image_size=cfg.image_size, n_obs_steps=cfg.n_obs_steps,
                    lowdim_keys=tuple(cfg.lowdim_keys), lowdim_dims=_lowdim_dims(cfg.data, cfg.lowdim_keys))
-    validate_file(cfg.data, obs_keys=[*spec.image_keys, *spec.lowdim_keys])
     env_args = read_env_args(cfg.data)
     if cfg.filter_key and not _has_mask(cfg.data, cfg.filter_key):
         print(f"[train] {cfg.data} has no mask/{cfg.filter_key}: training on all demos", flush=True)

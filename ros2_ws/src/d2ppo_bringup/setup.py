@@ -27,5 +27,12 @@ setup(
     maintainer_email="d2ppo@example.com",
     description="Launch files, the node-graph declaration and a launch-free graph runner for the D2PPO stack",
     license="MIT",
-    entry_points={"console_scripts": ["d2ppo_run = d2ppo_bringup.run:main", "d2ppo_ctl = d2ppo_bringup.ctl:main"]},
+    entry_points={
+        "console_scripts": [
+            "d2ppo_run = d2ppo_bringup.run:main",
+            "d2ppo_ctl = d2ppo_bringup.ctl:main",
+            "d2ppo_bag = d2ppo_bringup.bag:main",
+            "d2ppo_timeline = d2ppo_bringup.timeline:main",
+        ]
+    },
 )

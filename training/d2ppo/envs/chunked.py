@@ -12,6 +12,7 @@ never more than 1). The episode is *terminated* on success and *truncated* at ``
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -71,7 +72,8 @@ class ChunkedEnv:
         return self.builder(raw_obs(obs, self.cfg.camera_names))
 
     def step(self, chunk: np.ndarray) -> tuple[dict[str, np.ndarray], float, bool, bool, dict]:
-        """Execute ``chunk[:act_steps]`` (env actions [Ta, Da] in [-1, 1]).
+        """Execute ``chunk[:act_steps]`` (env actions [Ta, Da] in [-1, 1]); every executed control step's
+        observation enters the policy's observation history.
 
         Returns (obs, reward, terminated, truncated, info); info has ``success`` and ``env_steps`` (executed in
         this chunk).
@@ -79,9 +81,13 @@ class ChunkedEnv:
         from d2ppo.envs.robosuite_env import is_success, raw_obs
 
         chunk = np.asarray(chunk, dtype=np.float64)
-        success, executed, obs = False, 0, None
+        success, executed = False, 0
+        # The history holds the last To *control steps*, as the training windows do (d2ppo.data.dataset); only
+        # the last To raw observations of the chunk are built into frames (building one resizes its images).
+        recent: deque = deque(maxlen=self.builder.spec.n_obs_steps)
         for action in chunk[: self.cfg.act_steps]:
             obs, _, _, _ = self.env.step(np.clip(action, -1.0, 1.0))
+            recent.append(raw_obs(obs, self.cfg.camera_names))  # a copy: robosuite may reuse its arrays
             executed += 1
             self.env_steps += 1
             if is_success(self.env):
@@ -91,7 +97,9 @@ class ChunkedEnv:
                 break
         self.total_env_steps += executed
         truncated = not success and self.env_steps >= self.cfg.max_env_steps
-        policy_obs = self.builder(raw_obs(obs, self.cfg.camera_names))
+        for raw in recent:
+            self.builder.add(raw)
+        policy_obs = self.builder.build()
         info = {"success": success, "env_steps": executed, "episode_env_steps": self.env_steps}
         return policy_obs, float(success), success, truncated, info
 

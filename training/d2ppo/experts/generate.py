@@ -5,7 +5,8 @@
 
 ``--episodes`` counts kept (successful) demos; failed attempts are dropped. Every attempt has
 its own seed (derived from ``--seed`` and the attempt number), so a file does not depend on
-``--workers``. ``--cameras`` with no names gives a low-dim file (~100x faster to generate).
+``--workers``. ``--cameras none`` (or ``--cameras`` with no names, the default) gives a low-dim file
+without images (~100x faster to generate), which ``d2ppo.train --cameras none`` trains on.
 """
 
 from __future__ import annotations
@@ -27,6 +28,35 @@ from d2ppo.envs.robosuite_env import RENDER_PROFILES, canonical_task, default_en
 from d2ppo.experts.scripted import PickPlaceExpert
 
 DEFAULT_HORIZON = {"Lift": 100, "PickPlaceCan": 300}
+
+
+class CameraError(ValueError):
+    """A camera name the task's model does not have; the message names it and the available ones."""
+
+
+def parse_cameras(names: Sequence[str]) -> list[str]:
+    """``--cameras`` values -> camera names: ``none`` (or nothing) = a low-dim file, as ``d2ppo.train`` reads it."""
+    names = list(names)
+    if "none" in names:
+        if len(names) > 1:
+            raise CameraError(f"'none' (a low-dim file without images) cannot be combined with camera names "
+                              f"{[n for n in names if n != 'none']}")
+        return []
+    return names
+
+
+def check_cameras(task: str, camera_names: Sequence[str]) -> None:
+    """Raise CameraError unless every name is a camera of the task's model (checked in a renderer-less env)."""
+    if not camera_names:
+        return
+    env = make_env(default_env_args(task, camera_names=()), seed=0, camera_names=())
+    try:
+        have = tuple(env.sim.model.camera_names)
+    finally:
+        env.close()
+    unknown = [c for c in camera_names if c not in have]
+    if unknown:
+        raise CameraError(f"unknown camera(s) {unknown} for {task}; its cameras are {list(have)} (or 'none')")
 
 
 def reseed_episode(env, seed: int) -> None:
@@ -149,7 +179,8 @@ def generate(
 
     task = canonical_task(task)
     horizon = horizon or DEFAULT_HORIZON.get(task, 300)
-    cams = list(camera_names)
+    cams = parse_cameras(camera_names)
+    check_cameras(task, cams)  # here, not in the workers: a failing pool initializer is restarted forever
     env_args = default_env_args(task, camera_names=cams, image_size=image_size, horizon=horizon)
     # Not a robosuite kwarg (robomimic ignores extra top-level keys): images in this file were
     # rendered with this profile, and a policy trained on them must run with it.
@@ -234,7 +265,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2ppo generate", description=__doc__.split("\n\n")[0])
     p.add_argument("--task", default="lift", help="lift | can (or Lift, PickPlaceCan)")
     p.add_argument("--episodes", type=int, default=100, help="successful demos to keep")
-    p.add_argument("--cameras", nargs="*", default=[], help="camera names; none -> low-dim only")
+    p.add_argument("--cameras", nargs="*", default=[], help="camera names; 'none' (or no names) -> low-dim only")
     p.add_argument("--image-size", type=int, default=96, help="square image size, pixels")
     p.add_argument("--noise", type=float, default=0.1, help="std of Gaussian action noise")
     p.add_argument("--seed", type=int, default=0)
@@ -251,22 +282,25 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     argv_list = sys.argv[1:] if argv is None else list(argv)
-    summary = generate(
-        task=args.task,
-        episodes=args.episodes,
-        out=args.out,
-        camera_names=args.cameras,
-        image_size=args.image_size,
-        noise=args.noise,
-        seed=args.seed,
-        render_profile=args.render_profile,
-        workers=args.workers,
-        horizon=args.horizon,
-        max_attempts=args.max_attempts,
-        valid_fraction=args.valid_fraction,
-        progress=not args.no_progress,
-        command="d2ppo generate " + shlex.join(argv_list),
-    )
+    try:
+        summary = generate(
+            task=args.task,
+            episodes=args.episodes,
+            out=args.out,
+            camera_names=args.cameras,
+            image_size=args.image_size,
+            noise=args.noise,
+            seed=args.seed,
+            render_profile=args.render_profile,
+            workers=args.workers,
+            horizon=args.horizon,
+            max_attempts=args.max_attempts,
+            valid_fraction=args.valid_fraction,
+            progress=not args.no_progress,
+            command="d2ppo generate " + shlex.join(argv_list),
+        )
+    except CameraError as e:
+        raise SystemExit(f"error: --cameras: {e}") from None
     size_mb = os.path.getsize(args.out) / 1e6
     print(
         f"{summary['task']}: kept {summary['kept']}/{summary['attempts']} attempts "

@@ -6,6 +6,7 @@ actions are normalised to [-1, 1]: [B, Ta, Da].
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass
 
@@ -84,11 +85,28 @@ class ObservationEncoder(nn.Module):
 
 
 class DiffusionPolicy(nn.Module):
-    def __init__(self, spec: ObsSpec, cfg: PolicyConfig):
+    """Encoder + denoiser + DDIM chain; optionally a *split* chain, as PPO fine-tuning of the last K′ steps leaves it.
+
+    ``frozen_steps`` = K − K′ > 0: the first (noisiest) K − K′ DDIM steps, chain indices k = K-1 … K′, run
+    ``frozen_denoiser`` (the pre-trained weights, never updated), the last K′ steps (k < K′) run ``denoiser`` (the
+    fine-tuned one). ``frozen_encoder``: the frozen steps are conditioned on ``frozen_encoder`` (the pre-trained
+    encoder) instead of the fine-tuned ``encoder``, when the encoder was fine-tuned too. This is DPPO's chain
+    (``actor`` for early steps, ``actor_ft`` for the fine-tuned ones); a package stores it (d2ppo.package).
+    """
+
+    def __init__(self, spec: ObsSpec, cfg: PolicyConfig, frozen_steps: int = 0, frozen_encoder: bool = False):
         super().__init__()
         self.spec, self.cfg = spec, cfg
         self.encoder = ObservationEncoder(spec, cfg)
         self.denoiser = ResidualMLPDenoiser((cfg.horizon, cfg.action_dim), self.encoder.cond_dim, cfg.mlp_dims, cfg.time_dim)
+        if not 0 <= frozen_steps < cfg.sample_steps:
+            raise ValueError(f"frozen_steps must be in [0, {cfg.sample_steps - 1}], got {frozen_steps}")
+        if frozen_encoder and not frozen_steps:
+            raise ValueError("frozen_encoder needs frozen_steps > 0")
+        self.frozen_steps = int(frozen_steps)
+        # Created after the trained modules, so a seeded model has the same trained weights with or without them.
+        self.frozen_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False) if frozen_steps else None
+        self.frozen_encoder = copy.deepcopy(self.encoder).requires_grad_(False) if frozen_encoder else None
         ac = cosine_alphas_cumprod(cfg.denoising_steps)
         self.register_buffer("alphas_cumprod", ac, persistent=False)
         # DDIM sub-sequence τ_k = k·(T/K), k = 0..K-1 (DDIM Sec. 4.2); ᾱ_prev of the last step is 1.
@@ -133,14 +151,53 @@ class DiffusionPolicy(nn.Module):
         logs["loss/total"] = float(total.detach())
         return total, logs
 
+    # ------------------------------------------------------------------ split chain
+    def split_chain(self, fine_tuned_steps: int, freeze_encoder: bool = False) -> None:
+        """Freeze copies of the current (pre-trained) weights for the first K − K′ steps (K′ = fine_tuned_steps).
+
+        ``freeze_encoder``: also condition those steps on a frozen copy of the encoder (when the encoder is going
+        to be fine-tuned; pointless for an encoder without weights). On an already split chain only the same K′
+        is accepted: a third network for steps fine-tuned once and then frozen is not supported.
+        """
+        K = self.cfg.sample_steps
+        if not 1 <= fine_tuned_steps <= K:
+            raise ValueError(f"ft_denoising_steps must be in [1, {K}], got {fine_tuned_steps}")
+        if self.frozen_steps:
+            if fine_tuned_steps != K - self.frozen_steps:
+                raise ValueError(f"this policy's chain is already split: its last {K - self.frozen_steps} of {K} "
+                                 f"steps were fine-tuned; ft_denoising_steps must be {K - self.frozen_steps}, "
+                                 f"got {fine_tuned_steps}")
+            if freeze_encoder and self.frozen_encoder is None:
+                raise ValueError("this policy's frozen steps share the encoder of the fine-tuned steps, so its encoder "
+                                 "cannot be fine-tuned now (fine-tune with train_encoder off: --no-train-encoder)")
+            return
+        if fine_tuned_steps == K:
+            return
+        self.frozen_steps = K - fine_tuned_steps
+        self.frozen_denoiser = copy.deepcopy(self.denoiser).requires_grad_(False)
+        if freeze_encoder:
+            self.frozen_encoder = copy.deepcopy(self.encoder).requires_grad_(False)
+
+    def denoiser_for(self, k: int) -> nn.Module:
+        """The denoiser of chain index k (K-1 … 0): the frozen one for the first frozen_steps steps."""
+        return self.frozen_denoiser if k >= self.cfg.sample_steps - self.frozen_steps else self.denoiser
+
+    def encode(self, obs: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        """(cond of the fine-tuned steps, cond of the frozen steps) [B, Dc] each; the same tensor unless
+        the chain has a frozen encoder."""
+        cond = self.encoder(obs)
+        return cond, (self.frozen_encoder(obs) if self.frozen_encoder is not None else cond)
+
     # ------------------------------------------------------------------ DDIM chain
     def ddim_mean_std(self, x: Tensor, k: int, cond: Tensor, denoiser: nn.Module | None = None) -> tuple[Tensor, Tensor]:
         """Mean and DDIM σ of p(x_{k-1} | x_k) for chain index k (K-1 .. 0). x [B, Ta, Da].
 
         x̂0 = (x - √(1-ᾱ) ε̂) / √ᾱ, clipped;  ε' = (x - √ᾱ x̂0) / √(1-ᾱ)
         μ = √ᾱ_prev x̂0 + √(1 - ᾱ_prev - σ²) ε'      (DDIM eq. 12)
+        ``denoiser`` defaults to the chain's own for step k (``denoiser_for``); ``cond`` must be that step's
+        features: ``encode(obs)[1]`` for a frozen step of a chain with a frozen encoder.
         """
-        net = denoiser if denoiser is not None else self.denoiser
+        net = denoiser if denoiser is not None else self.denoiser_for(k)
         b = x.shape[0]
         t = self.ddim_t[k].expand(b)
         eps = net(x, t, cond)
@@ -162,18 +219,22 @@ class DiffusionPolicy(nn.Module):
         runs; std: per-step std of the transitions (default cfg.deploy_std; 0 = deterministic means).
         Returns normalised actions [B, Ta, Da] in [-1, 1].
         """
-        cond = self.encoder(obs)
-        return self.sample_from_cond(cond, noise, std)
+        return self.sample_from_cond(*self.encode(obs), noise=noise, std=std)
 
-    def sample_from_cond(self, cond: Tensor, noise: Tensor | None = None, std: float | None = None) -> Tensor:
+    def sample_from_cond(self, cond: Tensor, cond_frozen: Tensor | None = None, noise: Tensor | None = None,
+                         std: float | None = None) -> Tensor:
+        """The chain from encoder features: ``cond`` [B, Dc] for the fine-tuned steps, ``cond_frozen`` for the
+        frozen ones (default ``cond``)."""
         b, K = cond.shape[0], self.cfg.sample_steps
+        cond_frozen = cond if cond_frozen is None else cond_frozen
         shape = (b, K + 1, self.cfg.horizon, self.cfg.action_dim)
         if noise is None:
             noise = torch.randn(shape, device=cond.device)
         std = self.cfg.deploy_std if std is None else std
         x = noise[:, 0]
         for i, k in enumerate(range(K - 1, -1, -1)):
-            mean, _ = self.ddim_mean_std(x, k, cond)
+            net = self.denoiser_for(k)
+            mean, _ = self.ddim_mean_std(x, k, cond if net is self.denoiser else cond_frozen, denoiser=net)
             x = mean + std * noise[:, i + 1] if std > 0 else mean
         return x.clamp(-1.0, 1.0)
 
@@ -189,6 +250,8 @@ class DiffusionPolicy(nn.Module):
         std = self.cfg.deploy_std if std is None else std
         x = noise[:, 0]
         for i, k in enumerate(range(K - 1, -1, -1)):
-            mean, _ = self.ddim_mean_std(x, k, self.encoder(obs))
+            net = self.denoiser_for(k)
+            cond = self.encoder(obs) if net is self.denoiser else self.encode(obs)[1]
+            mean, _ = self.ddim_mean_std(x, k, cond, denoiser=net)
             x = mean + std * noise[:, i + 1] if std > 0 else mean
         return x.clamp(-1.0, 1.0)

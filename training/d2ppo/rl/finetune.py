@@ -210,10 +210,12 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
     out = Path(cfg.out)
     run_dir = Path(cfg.run_dir or Path("runs/finetune") / out.name)
     run_dir.mkdir(parents=True, exist_ok=True)
+    pkg = load_policy(cfg.policy)
+    if cfg.ppo.train_encoder is None:  # record the choice made for this package (DPPO: the ViT of a pixel policy)
+        cfg.ppo = replace(cfg.ppo, train_encoder=pkg.spec.uses_images)
     (run_dir / "config.json").write_text(json.dumps(cfg.to_json(), indent=2))
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    pkg = load_policy(cfg.policy)
     t_start = time.time()
 
     pre_eval = None
@@ -306,6 +308,8 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
                 save_agent(agent, cfg, pkg, run_dir / "checkpoints" / f"iter_{it:04d}",
                            {"finetuning": {"iteration": it, "env_steps": env_steps, "periodic_eval": rec["eval"]}})
                 obs = venv.reset(rng.integers(2**31, size=cfg.envs).tolist())  # eval left the envs mid-episode
+                if scaler is not None:
+                    scaler.reset()  # ... so the interrupted episodes' returns end here too
             history.append(rec)
             metrics_f.write(json.dumps(rec) + "\n")
             metrics_f.flush()
@@ -415,7 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--update-epochs", type=int, default=pd.update_epochs)
     g.add_argument("--minibatch-size", type=int, default=pd.minibatch_size, help="env steps per minibatch")
     g.add_argument("--target-kl", type=float, default=pd.target_kl)
-    g.add_argument("--train-encoder", action="store_true", help="also fine-tune the observation encoder")
+    g.add_argument("--train-encoder", action=argparse.BooleanOptionalAction, default=pd.train_encoder,
+                   help="fine-tune the observation encoder (default: yes for a pixel policy's ViT, as DPPO)")
+    g.add_argument("--no-augment", action="store_true",
+                   help="no random-shift augmentation of the update's images when the ViT is fine-tuned")
+    g.add_argument("--logprob-clamp", type=float, nargs=2, metavar=("LO", "HI"), default=pd.logprob_clamp,
+                   help="clamp of each element's log-density (DPPO: -5 2)")
+    g.add_argument("--no-logprob-clamp", action="store_true", help="no log-density clamp")
+    g.add_argument("--bc-coef", type=float, default=pd.bc_coef,
+                   help="weight of the BC regulariser toward the pre-trained policy's chain (0 = off, as DPPO)")
+    g.add_argument("--actor-lr-warmup-iters", type=int, default=pd.actor_lr_warmup_iters,
+                   help="actor updates of linear lr warm-up (0 = constant lr, as DPPO's robomimic configs)")
+    g.add_argument("--actor-lr-warmup-start", type=float, default=pd.actor_lr_warmup_start,
+                   help="fraction of --actor-lr at the first actor update of the warm-up")
     g = p.add_argument_group("Gaussian-policy PPO baseline (--algo gaussian)")
     g.add_argument("--gaussian-init", default=gd.init, choices=["bc", "scratch"])
     g.add_argument("--bc-steps", type=int, default=gd.bc_steps)
@@ -430,6 +446,8 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
         gamma_denoising=a.gamma_denoising, clip_base=a.clip_base, clip_last=a.clip_last, actor_lr=a.actor_lr,
         critic_lr=a.critic_lr, update_epochs=a.update_epochs, minibatch_size=a.minibatch_size,
         target_kl=a.target_kl if a.target_kl and a.target_kl > 0 else None, train_encoder=a.train_encoder,
+        augment=not a.no_augment, logprob_clamp=None if a.no_logprob_clamp else tuple(a.logprob_clamp),
+        bc_coef=a.bc_coef, actor_lr_warmup_iters=a.actor_lr_warmup_iters, actor_lr_warmup_start=a.actor_lr_warmup_start,
     )
     gauss = GaussianPPOConfig(init=a.gaussian_init, bc_steps=a.bc_steps, actor_lr=a.gaussian_actor_lr,
                               critic_lr=a.critic_lr, update_epochs=a.update_epochs, minibatch_size=a.minibatch_size,
@@ -449,10 +467,13 @@ def main(argv: list[str] | None = None) -> None:
     from d2ppo.package import PolicyPackageError, load_policy
 
     try:
+        cfg = config_from_args(a)  # the configs check their own values (e.g. a log-prob std floor > 0)
+    except ValueError as e:
+        raise SystemExit(f"error: {e}") from None
+    try:
         load_policy(a.policy)
     except PolicyPackageError as e:
         raise SystemExit(f"error: {e}") from None
-    cfg = config_from_args(a)
     args = argv if argv is not None else sys.argv[1:]
     finetune(cfg, command="python -m d2ppo.rl.finetune " + " ".join(shlex.quote(x) for x in args))
 

@@ -49,6 +49,15 @@ class GaussianPPOConfig:
     norm_adv: bool = True
     critic_dims: tuple[int, ...] = (256, 256, 256)
 
+    def __post_init__(self):
+        # σ = clamp(exp(log_std), std_min, std_max): a bound <= 0 allows σ = 0 and a non-finite log-density.
+        if not (math.isfinite(self.std_min) and self.std_min > 0):
+            raise ValueError(f"std_min must be a finite number > 0, got {self.std_min!r}")
+        if not (math.isfinite(self.std_max) and self.std_max >= self.std_min):
+            raise ValueError(f"std_max must be a finite number >= std_min ({self.std_min}), got {self.std_max!r}")
+        if not (math.isfinite(self.init_std) and self.init_std > 0):
+            raise ValueError(f"init_std must be a finite number > 0, got {self.init_std!r}")
+
     def to_json(self) -> dict:
         d = asdict(self)
         return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}

@@ -45,6 +45,15 @@ class RunningRewardScaler:
         self.ret = np.zeros(num_envs)
         self.count, self.mean, self.var = 1e-4, 0.0, 1.0
 
+    def reset(self, envs: np.ndarray | None = None) -> None:
+        """Forget the running return of envs that start a new episode outside a rollout (a forced reset, e.g.
+        after an evaluation left them mid-episode): boolean mask or indices [N]; None = all envs. Episodes that
+        end inside a rollout are handled by ``__call__``'s dones."""
+        if envs is None:
+            self.ret[:] = 0.0
+        else:
+            self.ret[np.asarray(envs)] = 0.0
+
     def _update(self, x: np.ndarray) -> None:  # parallel-variance merge (Chan et al.)
         b_mean, b_var, b_n = float(x.mean()), float(x.var()), x.size
         delta, tot = b_mean - self.mean, self.count + b_n

@@ -76,6 +76,15 @@ def _inference(policy: str, use_sim_time: bool, profile: str, extra: dict[str, A
     )
 
 
+def _policy_cameras(policy: str) -> list[str]:
+    """The camera names a policy package's card lists (empty for a low-dim policy)."""
+    card = Path(policy) / "policy.json"
+    try:
+        return list(json.loads(card.read_text())["obs"]["camera_names"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise ValueError(f"{card}: cannot read the policy's camera names ({e})") from e
+
+
 def sim_graph(
     policy: str,
     use_sim_time: bool = True,
@@ -85,9 +94,28 @@ def sim_graph(
     video_path: str = "",
     results_path: str = "",
     replan: str = "chunk",
-    backend: str = "torch",
+    backend: str = "auto",
+    realtime: bool = False,
+    camera_latency_ms: float = 0.0,
+    camera_jitter_ms: float = 0.0,
+    camera_drop: float = 0.0,
+    seam: str | None = None,
+    lead: int | None = None,
 ) -> list[NodeSpec]:
-    """robosuite sim node + inference node, lock-stepped on the sim's /clock."""
+    """robosuite sim node + inference node, lock-stepped on the sim's /clock; or, with ``realtime``, the sim
+    stepping on the wall clock with camera faults injected and the inference node in its robot configuration
+    (panda.yaml: frame trigger, pipelined) — the robot's graph with the arm swapped.
+
+    ``seam`` / ``lead`` override the profiles' values (both nodes get the same seam)."""
+    if realtime:
+        from d2ppo_sim.realtime import CameraFaults
+
+        CameraFaults(camera_latency_ms, camera_jitter_ms, camera_drop)  # bad values: an error before any start
+        cameras = _policy_cameras(policy)
+        if not cameras and (camera_latency_ms or camera_jitter_ms or camera_drop):
+            raise ValueError(
+                f"camera latency/jitter/drop need a policy that uses cameras; {policy} uses none (it reads no frames)"
+            )
     sim_params: dict[str, Any] = {
         "policy": policy,
         "episodes": episodes,
@@ -100,15 +128,33 @@ def sim_graph(
     }
     if horizon is not None:
         sim_params["horizon"] = horizon
-    inference_params = {
-        "backend": backend,
-        "replan": replan,
-        # One tick per observation set the sim publishes (all stamped t): no race with /clock.
-        "trigger": "observation",
-        # The sim's images must not be dropped; a dropped set costs a republish period.
-        "image_reliability": "reliable",
-        "seed": seed,
-    }
+    if realtime:
+        sim_params.update(
+            realtime=True,
+            camera_latency_ms=float(camera_latency_ms),
+            camera_jitter_ms=float(camera_jitter_ms),
+            camera_drop=float(camera_drop),
+        )
+        # the robot's inference configuration (panda.yaml), on the wall clock; the sim profile auto-enables
+        inference_params: dict[str, Any] = {"backend": backend, "use_sim_time": False, "start_enabled": True}
+        if not cameras:
+            inference_params["trigger"] = "timer"  # no frames to trigger on: tick at the control rate
+        profile = "panda.yaml"
+    else:
+        inference_params = {
+            "backend": backend,
+            "replan": replan,
+            # One tick per observation set the sim publishes (all stamped t): no race with /clock.
+            "trigger": "observation",
+            # The sim's images must not be dropped; a dropped set costs a republish period.
+            "image_reliability": "reliable",
+            "seed": seed,
+        }
+        profile = "sim.yaml"
+    if seam is not None:
+        sim_params["seam"] = inference_params["seam"] = seam
+    if lead is not None:
+        inference_params["lead"] = int(lead)
     return [
         NodeSpec(
             package="d2ppo_sim",
@@ -119,11 +165,11 @@ def sim_graph(
             params=sim_params,
             required=episodes > 0,
         ),
-        _inference(policy, use_sim_time, "sim.yaml", inference_params),
+        _inference(policy, use_sim_time and not realtime, profile, inference_params),
     ]
 
 
-def panda_graph(policy: str, robot_ip: str, use_sim_time: bool = False, backend: str = "torch") -> list[NodeSpec]:
+def panda_graph(policy: str, robot_ip: str, use_sim_time: bool = False, backend: str = "auto") -> list[NodeSpec]:
     """Camera node + inference node + franka node for the real arm (or franky-sim at robot_ip)."""
     return [
         NodeSpec(
@@ -135,7 +181,7 @@ def panda_graph(policy: str, robot_ip: str, use_sim_time: bool = False, backend:
             param_files=("cameras.yaml", "panda.yaml"),
             params={"use_sim_time": use_sim_time},
         ),
-        _inference(policy, use_sim_time, "panda.yaml", {"backend": backend, "trigger": "timer"}),
+        _inference(policy, use_sim_time, "panda.yaml", {"backend": backend}),
         NodeSpec(
             package="d2ppo_franka",
             executable="franka_node",

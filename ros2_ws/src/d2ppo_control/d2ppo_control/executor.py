@@ -3,13 +3,23 @@
 The same class runs in the franka node and the sim node, so sim and real execute chunks identically
 (DESIGN.md, "Action chunk"):
 
-* action ``i`` of a chunk is due at ``chunk.stamp + i * chunk.period``; each tick runs the oldest due
-  action — the first tick at or after its time, or up to half a period before it (nearest tick);
+* action ``i`` of a chunk is due at ``chunk.stamp + i * chunk.period``. From rest, a chunk plays its actions
+  one per tick from the first one not stale (it cannot be late for a motion that has not started: its grid
+  shifts by the start's delay). In a continuous run each tick runs the slot nearest to it (due up to half a
+  period after the tick): an overdue action is skipped when a later one is also due, so a pipelined chunk
+  that arrives late (camera latency) joins the time grid on time instead of running late ever after;
 * an action that is more than ``late_tolerance`` overdue is dropped, never executed late (its observation
   is too old); the default tolerance of one period absorbs the phase between a chunk's arrival and the
   next tick, so a chunk that arrives on time loses nothing;
-* a newer chunk (larger stamp) replaces the rest of the older one; a chunk with an older or equal stamp is
-  ignored (out-of-order delivery, a restarted publisher replaying old data);
+* a newer chunk (larger stamp) takes over the slots it covers, by the *seam* strategy: ``replace`` (the rest
+  of the older chunk is dropped) or ``ensemble`` (ACT-style temporal ensembling: every chunk's prediction for
+  a slot is kept and the slot runs their weighted mean, weight ``exp(-ensemble_decay * i)`` for the i-th
+  oldest prediction); a chunk with an older or equal stamp is ignored (out-of-order delivery, a restarted
+  publisher replaying old data). A slot already executed is never executed again: a pipelined chunk
+  (computed while the previous one still ran) that arrives after some of its slots ran starts at the
+  first slot not yet executed (``actions_already_executed``). The third strategy, ``inpaint``, lives in the
+  inference node (the new chunk's first actions are conditioned on the ones already committed); the
+  executor runs its chunks like ``replace``;
 * a chunk with NaN/inf anywhere, or a period other than the executor's, is rejected whole and cancels what
   was pending: the policy that produced it is not trusted for the rest of its plan either;
 * a chunk stamped more than one period ahead of the executor's clock is rejected and counted (a publisher
@@ -54,6 +64,8 @@ EXECUTOR_COUNTERS = (
     "actions_rejected",
     "actions_dropped_stale",
     "actions_replaced",
+    "actions_already_executed",
+    "actions_ensembled",
     "actions_cancelled",
     "watchdog_trips",
     "clock_jumps_back",
@@ -65,6 +77,27 @@ EXECUTOR_COUNTERS = (
 _PERIOD_TOLERANCE = 0.05
 #: Seconds the clock may step back between two calls before it counts as a jump (float rounding).
 _CLOCK_JUMP_TOLERANCE = 1e-6
+#: How chunks meet: the executor implements replace and ensemble; inpaint is conditioned in the inference
+#: node and executed like replace.
+SEAM_STRATEGIES = ("replace", "ensemble", "inpaint")
+
+
+class _Slot:
+    """One scheduled slot: its due time on the chunk's grid, when it is to run (the due time, shifted when a
+    chunk starts from rest late), and every prediction for it (oldest first)."""
+
+    __slots__ = ("due", "run_at", "predictions")
+
+    def __init__(self, due: float, action: np.ndarray):
+        self.due = due
+        self.run_at = due
+        self.predictions = [action]
+
+    def action(self, decay: float) -> np.ndarray:
+        if len(self.predictions) == 1:
+            return self.predictions[0]
+        w = np.exp(-decay * np.arange(len(self.predictions)))
+        return (w[:, None] * np.asarray(self.predictions)).sum(0) / w.sum()
 
 
 @dataclass(frozen=True)
@@ -103,6 +136,8 @@ class ChunkExecutor:
         period: float,
         late_tolerance: float | None = None,
         source: str | None = None,
+        seam: str = "replace",
+        ensemble_decay: float = 0.01,
     ):
         """
         Args:
@@ -110,7 +145,15 @@ class ChunkExecutor:
             period: seconds between ticks (1 / control rate); chunks must have the same period.
             late_tolerance: seconds an action may be overdue and still run; default one period.
             source: execute only chunks of this source (see :meth:`set_source`); None accepts every chunk.
+            seam: "replace", "ensemble" or "inpaint" (see the module docstring).
+            ensemble_decay: ACT's m: the i-th oldest prediction of a slot weighs exp(-m * i).
         """
+        if seam not in SEAM_STRATEGIES:
+            raise ValueError(f"seam must be one of {SEAM_STRATEGIES}, got {seam!r}")
+        if not (np.isfinite(ensemble_decay) and ensemble_decay >= 0.0):
+            raise ValueError(f"ensemble_decay must be >= 0, got {ensemble_decay}")
+        self.seam = seam
+        self.ensemble_decay = float(ensemble_decay)
         if not (np.isfinite(period) and period > 0.0):
             raise ValueError(f"period must be a positive number of seconds, got {period}")
         self.envelope = envelope
@@ -119,8 +162,10 @@ class ChunkExecutor:
         if self.late_tolerance < 0.0:
             raise ValueError(f"late_tolerance must be >= 0, got {late_tolerance}")
         self.counters: dict[str, int] = dict.fromkeys(EXECUTOR_COUNTERS, 0)
-        self._pending: deque[tuple[float, np.ndarray]] = deque()
+        self._pending: deque[_Slot] = deque()
         self._pending_source = ""
+        self._last_executed_due: float | None = None  # due time of the newest slot executed
+        self._ran_last_tick = False  # the previous tick consumed a slot: a continuous run
         self._last_stamp: float | None = None
         self._last_valid_at: float | None = None
         self._watchdog_tripped = False
@@ -145,6 +190,7 @@ class ChunkExecutor:
             self.counters["clock_jumps_back"] += 1
             self._cancel_pending()
             self._last_stamp = None
+            self._last_executed_due = None
             self._forced_trip = True
         self._last_now = now
 
@@ -172,18 +218,39 @@ class ChunkExecutor:
             c["chunks_ignored_old"] += 1
             return 0
         c["chunks_accepted"] += 1
-        c["actions_replaced"] += len(self._pending)
-        self._pending.clear()
         self._pending_source = chunk.source
         self._last_stamp = chunk.stamp
         oldest_allowed = now - self.late_tolerance
+        half = 0.5 * self.period
+        new: list[tuple[float, np.ndarray]] = []
         for i, action in enumerate(chunk.actions):
             t = chunk.time_of(i)
-            if t < oldest_allowed:
+            if self._last_executed_due is not None and t <= self._last_executed_due + half:
+                c["actions_already_executed"] += 1  # its slot ran (from an older chunk)
+            elif t < oldest_allowed:
                 c["actions_dropped_stale"] += 1
             else:
-                self._pending.append((t, action))
-        scheduled = len(self._pending)
+                new.append((t, action))
+        if self.seam == "ensemble" and self._pending:
+            # older slots before the new chunk's first still run; later ones gain the new prediction
+            first = new[0][0] if new else np.inf
+            kept = [s for s in self._pending if s.due < first - half]
+            rest = [s for s in self._pending if s.due >= first - half]
+            slots = []
+            for t, action in new:
+                match = next((s for s in rest if abs(s.due - t) < half), None)
+                if match is None:
+                    slots.append(_Slot(t, action))
+                else:
+                    match.predictions.append(action)
+                    slots.append(match)
+                    c["actions_ensembled"] += 1
+            c["actions_replaced"] += sum(1 for s in rest if s not in slots)
+            self._pending = deque(kept + slots)
+        else:
+            c["actions_replaced"] += len(self._pending)
+            self._pending = deque(_Slot(t, a) for t, a in new)
+        scheduled = len(new)
         c["actions_scheduled"] += scheduled
         if scheduled == 0:
             c["chunks_all_stale"] += 1  # arrived too late to use; does not feed the watchdog
@@ -205,11 +272,12 @@ class ChunkExecutor:
         c = self.counters
         self._observe_clock(now)
         oldest_allowed = now - self.late_tolerance
-        while self._pending and self._pending[0][0] < oldest_allowed:
+        while self._pending and self._pending[0].run_at < oldest_allowed:
             self._pending.popleft()
             c["actions_dropped_stale"] += 1
 
         if self.watchdog_expired(now):
+            self._ran_last_tick = False
             self._cancel_pending()
             if not self._watchdog_tripped:
                 self._watchdog_tripped = True
@@ -217,8 +285,22 @@ class ChunkExecutor:
             c["holds_watchdog"] += 1
             return Command(HOLD, None, "watchdog")
 
-        if self._pending and self._pending[0][0] <= now + 0.5 * self.period:
-            due, action = self._pending.popleft()
+        half = 0.5 * self.period
+        if not self._ran_last_tick and self._pending and now - self._pending[0].run_at > half:
+            # from rest a chunk plays its actions one per tick from the first one not stale: shift its grid
+            late = now - self._pending[0].run_at
+            for slot in self._pending:
+                slot.run_at += late
+        # in a continuous run the slot nearest now runs: an overdue action is skipped when a later one is also
+        # due this tick, so a pipelined chunk that arrives late joins the time grid on time
+        while len(self._pending) >= 2 and self._pending[1].run_at <= now + half:
+            self._pending.popleft()
+            c["actions_dropped_stale"] += 1
+        self._ran_last_tick = bool(self._pending) and self._pending[0].run_at <= now + half
+        if self._ran_last_tick:
+            slot = self._pending.popleft()
+            due, action = slot.due, slot.action(self.ensemble_decay)
+            self._last_executed_due = due
             decision = self.envelope.check(action, ee_pos, self.period, ee_quat)
             if not decision.ok:
                 c["actions_rejected"] += 1
@@ -279,3 +361,5 @@ class ChunkExecutor:
         self._watchdog_tripped = False
         self._forced_trip = False
         self._last_now = None  # a reset starts a new time line (a sim episode restarts at t = 0)
+        self._last_executed_due = None
+        self._ran_last_tick = False

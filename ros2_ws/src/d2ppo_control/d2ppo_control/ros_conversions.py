@@ -40,12 +40,21 @@ def _sec_to_duration(t: float) -> Duration:
     return Duration(sec=ns // 1_000_000_000, nanosec=ns % 1_000_000_000)
 
 
-def chunk_to_msg(chunk: ActionChunk, frame_id: str | None = None) -> JointTrajectory:
+def chunk_to_msg(chunk: ActionChunk, frame_id: str | None = None, stamp: Any = None) -> JointTrajectory:
     """ActionChunk -> JointTrajectory: header.stamp = chunk.stamp, header.frame_id = the chunk's source
     (``frame_id`` overrides it), points[i].time_from_start = i * period, points[i].positions = action i
-    (7 floats in JOINT_NAMES order)."""
+    (7 floats in JOINT_NAMES order).
+
+    ``stamp``: the ``builtin_interfaces/Time`` of the observation the chunk was computed from, copied as is
+    (seconds -> Time rounds; a chunk must match its frame's stamp exactly). It must equal ``chunk.stamp``.
+    """
     msg = JointTrajectory()
-    msg.header.stamp = sec_to_stamp(chunk.stamp)
+    if stamp is not None:
+        if abs(stamp_to_sec(stamp) - chunk.stamp) > 1e-6:
+            raise ValueError(f"stamp {stamp_to_sec(stamp)} is not the chunk's stamp {chunk.stamp}")
+        msg.header.stamp = Time(sec=int(stamp.sec), nanosec=int(stamp.nanosec))
+    else:
+        msg.header.stamp = sec_to_stamp(chunk.stamp)
     msg.header.frame_id = chunk.source if frame_id is None else frame_id
     msg.joint_names = list(JOINT_NAMES)
     points = []

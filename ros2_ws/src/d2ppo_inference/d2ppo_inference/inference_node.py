@@ -4,14 +4,20 @@ The policy logic (observation history, replanning, staleness) is ``PolicyRunner`
 
 Parameters:
   policy (str, required)    policy package folder
-  backend (str)             "torch" | "onnx"
+  backend (str)             "auto" (ONNX when the package ships policy.onnx, else torch) | "torch" | "onnx"
   rate_hz (float)           control rate; 0 -> the policy card's (20 Hz)
   replan (str)              "chunk" (every act_steps ticks) | "tick" (every tick)
   max_obs_age (float)       seconds; older inputs skip the tick (reported in /diagnostics)
   start_enabled (bool)      publish chunks from the start (sim) or wait for /policy/enable (robot)
-  trigger (str)             "timer": tick at rate_hz on the node clock (the robot);
+  trigger (str)             "frame": tick when every policy camera has a frame newer than the last tick's
+                            (the robot: obs->chunk latency = inference + transport; a timer only watches
+                            for starvation); "timer": tick at rate_hz on the node clock;
                             "observation": tick once per complete observation set sharing one
                             stamp, as the lock-step sim publishes them, so no tick races /clock
+  lead (int)                pipelining: plan the next chunk this many actions before the current one runs
+                            out; -1 = from the measured obs->chunk latency (see PolicyRunner)
+  seam (str)                "replace" | "ensemble" | "inpaint": how a new chunk meets the previous one
+                            (the controller must run the same value; inpaint conditions here)
   image_reliability (str)   "best_effort" (matches any camera driver) | "reliable"
   seed (int)                >= 0 seeds torch/numpy so sampled chunks repeat (sim evaluation)
   torch_threads (int)       intra-op threads of the torch sampler; 0 = torch's default (one per core)
@@ -21,7 +27,9 @@ Parameters:
 from __future__ import annotations
 
 import sys
+import time
 from functools import partial
+from pathlib import Path
 
 import rclpy
 from d2ppo_control.ros_conversions import chunk_to_msg, diagnostic_status, stamp_to_sec
@@ -40,7 +48,7 @@ from d2ppo_inference.policy_runner import EE_POSE_INPUT, JOINT_STATES_INPUT, Pol
 from d2ppo_inference.robot_state import finger_positions
 from d2ppo_inference.ros_messages import ee_pose_from_msg, image_to_array
 
-TRIGGERS = ("timer", "observation")
+TRIGGERS = ("frame", "timer", "observation")
 OK, WARN = 0, 1  # diagnostic_msgs/DiagnosticStatus levels
 
 
@@ -48,12 +56,14 @@ class InferenceNode(Node):
     def __init__(self):
         super().__init__("inference")
         self.declare_parameter("policy", "")
-        self.declare_parameter("backend", "torch")
+        self.declare_parameter("backend", "auto")
         self.declare_parameter("rate_hz", 0.0)
         self.declare_parameter("replan", "chunk")
         self.declare_parameter("max_obs_age", 0.2)
         self.declare_parameter("start_enabled", True)
         self.declare_parameter("trigger", "timer")
+        self.declare_parameter("lead", 0)
+        self.declare_parameter("seam", "replace")
         self.declare_parameter("image_reliability", "best_effort")
         self.declare_parameter("seed", -1)
         # One thread by default: on the 2-core dev machine under load, 2 threads made a 64-wide policy's
@@ -82,13 +92,23 @@ class InferenceNode(Node):
         self.policy_path = policy_path
         policy = load_policy(policy_path)
         rate_hz = param("rate_hz") or float(policy.control_rate_hz)
+        backend = param("backend")
+        if backend == "auto":
+            backend = "onnx" if (Path(policy_path) / "policy.onnx").is_file() else "torch"
+        if self.trigger == "frame" and not policy.spec.camera_names:
+            raise ValueError(f"trigger 'frame' needs a policy with cameras; {policy_path} has none (use 'timer')")
         self.runner = PolicyRunner(
             policy,
-            backend=param("backend"),
+            backend=backend,
             replan=param("replan"),
             max_obs_age=param("max_obs_age"),
             period=1.0 / rate_hz,
+            lead=int(param("lead")),
+            seam=param("seam"),
         )
+        self._frames_used: dict[str, float] = {}  # camera -> stamp of the frame the last tick used
+        self._last_tick_wall: float | None = None
+        self.starved_checks = 0
         self.obs = self.runner.observation_inputs()
         self.enabled = bool(param("start_enabled"))
         self._last_sync_stamp: float | None = None
@@ -107,6 +127,9 @@ class InferenceNode(Node):
         self.create_service(SetBool, "policy/enable", self._on_enable)
         if self.trigger == "timer":
             self.create_timer(self.runner.period, self._on_timer)  # node clock: sim time if use_sim_time
+        elif self.trigger == "frame":
+            # frames drive the ticks; this timer only notices when they stop coming
+            self.create_timer(self.runner.period, self._watch_starvation, clock=Clock(clock_type=ClockType.STEADY_TIME))
         # Diagnostics on wall time, so they keep flowing when sim time or the inputs stall.
         self.create_timer(
             param("diagnostics_period"), self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
@@ -124,19 +147,22 @@ class InferenceNode(Node):
         except ValueError as e:
             self.get_logger().warn(f"{camera_input(camera)}: {e}", throttle_duration_sec=5.0)
             return
-        self.obs.set_image(camera, stamp_to_sec(msg.header.stamp), image)
-        self._on_observation()
+        self.obs.set_image(camera, stamp_to_sec(msg.header.stamp), image, msg.header.stamp)
+        if self.trigger == "frame":
+            self._on_frame()
+        else:
+            self._on_observation()
 
     def _on_joint_states(self, msg: JointState) -> None:
         fingers = finger_positions(msg.name, msg.position)
         if fingers is None:
             self.get_logger().warn("joint_states without panda_finger_joint1/2", throttle_duration_sec=5.0)
             return
-        self.obs.set_fingers(stamp_to_sec(msg.header.stamp), *fingers)
+        self.obs.set_fingers(stamp_to_sec(msg.header.stamp), *fingers, raw_stamp=msg.header.stamp)
         self._on_observation()
 
     def _on_ee_pose(self, msg: PoseStamped) -> None:
-        self.obs.set_ee_pose(stamp_to_sec(msg.header.stamp), *ee_pose_from_msg(msg))
+        self.obs.set_ee_pose(stamp_to_sec(msg.header.stamp), *ee_pose_from_msg(msg), raw_stamp=msg.header.stamp)
         self._on_observation()
 
     def _on_observation(self) -> None:
@@ -151,13 +177,32 @@ class InferenceNode(Node):
     def _on_timer(self) -> None:
         self._tick(now=self.get_clock().now().nanoseconds * 1e-9)
 
+    def _on_frame(self) -> None:
+        """Frame trigger: tick once every policy camera has a frame newer than the ones the last tick used."""
+        frames = self.obs.camera_stamps()
+        if len(frames) < len(self.obs.camera_names):
+            return
+        if any(frames[c] <= self._frames_used.get(c, -float("inf")) for c in frames):
+            return
+        self._frames_used = frames
+        self._last_tick_wall = time.monotonic()
+        self._tick(now=self.get_clock().now().nanoseconds * 1e-9)
+
+    def _watch_starvation(self) -> None:
+        """Frame trigger: count control periods in which no frame set arrived (reported in /diagnostics)."""
+        if not self.enabled or self._last_tick_wall is None:
+            return
+        if time.monotonic() - self._last_tick_wall > 2.0 * self.runner.period:
+            self.starved_checks += 1
+
     # --- control tick -------------------------------------------------------------------------
     def _tick(self, now: float) -> None:
         if not self.enabled:
             return
         result = self.runner.tick(self.obs, now)
         if result.chunk is not None:
-            self.chunk_pub.publish(chunk_to_msg(result.chunk, frame_id="policy"))
+            # the chunk carries its frame's stamp exactly (integer Time end to end, no float round trip)
+            self.chunk_pub.publish(chunk_to_msg(result.chunk, frame_id="policy", stamp=result.stamp_msg))
         kind = result.skip_reason.split(" ", 1)[0] if result.skip_reason else ""
         if kind and kind != self._last_skip_kind:
             # The first skip of a kind ("missing", "stale") is reported at once; repeats go out with
@@ -188,6 +233,8 @@ class InferenceNode(Node):
         else:
             level, message = OK, "publishing chunks"
         values = {"enabled": self.enabled, "trigger": self.trigger, "policy": self.policy_path, **stats}
+        if self.trigger == "frame":
+            values["starved_periods"] = self.starved_checks
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [diagnostic_status(f"{self.get_name()}: policy", level, message, values)]

@@ -1,4 +1,7 @@
-"""Demo recorder: camera images, robot state and executed actions -> robomimic HDF5, one durable demo per episode.
+"""Demo recorder: camera images, robot state and the actions the controller executed -> robomimic HDF5, one
+durable demo per episode.
 
-``episode`` holds the logic (action timing, sample assembly, episode buffer); ``recorder_node`` is ROS plumbing.
+``episode`` holds the logic (pairing executed actions with inputs, sample assembly, episode buffer),
+``demo_file`` the atomic saves (write a new file version in a child process, rename it over the output);
+``recorder_node`` is ROS plumbing.
 """

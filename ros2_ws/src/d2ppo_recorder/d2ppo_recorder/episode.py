@@ -1,13 +1,19 @@
-"""Demonstration recording without ROS: which action is executed when, what is observed with it, and
-writing each finished episode as one robomimic demo.
+"""Demonstration recording without ROS: what the controller executed, what was observed with it, and saving
+each finished episode as one robomimic demo.
 
-One sample per executed action. An action chunk's action ``i`` counts as executed at
-``stamp + i * period`` under the controller executor's timing rules (:class:`CommandedActions`); a
-teleop chunk has one action, recorded as it arrives. Each sample pairs that action with the newest
-observation of every input at that moment -- what a policy deployed in the same stack would have
-seen when it chose the action -- so a policy trained on the file learns observation -> action with
-deployment's timing. The action stored is the one *commanded* (what the policy must output), not the
-controller's possibly clipped version.
+One sample per action the controller executed. The controllers (franka node, sim node) publish every action
+they sent to the arm on ``controller/executed`` -- after the safety envelope, so possibly clipped, and never
+one they rejected -- stamped with the time it was sent. The recorder stores those actions as they are: the
+file holds what the arm really ran, and working out which commanded action ran when is the controller's job
+alone.
+
+Each sample pairs the action with the newest message of every input stamped at or before the action's
+stamp (:class:`InputHistory`) -- what a policy deployed in the same stack could have acted on (a chunk is
+stamped with its frames' capture time and its first action runs at that stamp). A frame captured after the
+action was sent is never used, even when it reaches the recorder before the executed message does.
+
+A sample whose action or low-dimensional observation is NaN/inf, or whose time is not after the previous
+sample's, is dropped and counted; the rest of the episode still saves.
 
 Observations are stored under robomimic names, built by the inference node's own
 ``LatestObservations.raw`` (the one path from ROS state to policy inputs), in the robot base frame
@@ -19,7 +25,7 @@ Per-sample obs keys (T samples):
   ``robot0_eef_pos``       [T, 3]  metres;  ``robot0_eef_quat`` [T, 4] (x, y, z, w)
   ``robot0_gripper_qpos``  [T, 2]  metres, robosuite's sign convention (finger1, -finger2)
   ``robot0_joint_pos``     [T, 7]  radians
-  ``timestamp``            [T]     seconds (ROS time) at which the action was due
+  ``timestamp``            [T]     seconds (ROS time) at which the controller sent the action
   ``<camera>_stamp``, ``robot0_eef_stamp``, ``robot0_joint_stamp``  [T]  header stamps of the inputs used
 """
 
@@ -31,14 +37,18 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from d2ppo.obs import image_key, resize_image
-from d2ppo_control import ActionChunk
 from d2ppo_inference.policy_runner import EE_POSE_INPUT, JOINT_STATES_INPUT, LatestObservations, camera_input
 from d2ppo_inference.robot_state import BasePose
+
+from d2ppo_recorder.demo_file import DemoFile, DemoWriteError
 
 TIMESTAMP_KEY = "timestamp"
 JOINT_POS_KEY = "robot0_joint_pos"
 EE_STAMP_KEY = "robot0_eef_stamp"
 JOINT_STAMP_KEY = "robot0_joint_stamp"
+#: Input name of the arm joint positions (``panda_joint1..7`` of ``robot/joint_states``; the fingers of the same
+#: message are ``JOINT_STATES_INPUT``).
+ARM_JOINTS_INPUT = "robot/joint_states:arm"
 
 #: robomimic has env types 1 (robosuite), 2 (gym), 3 (iGibson MoMaRT); 4 marks a real robot: no simulator
 #: can be built from these env_args, and training treats the data as being in the robot base frame.
@@ -52,8 +62,15 @@ def stamp_key(camera: str) -> str:
     return f"{camera}_stamp"
 
 
-def real_env_args(task: str, camera_names: Sequence[str], image_size: int, control_rate_hz: float,
-                  robot_ip: str = "", robot_model: str = "Panda", extra: Mapping | None = None) -> dict:
+def real_env_args(
+    task: str,
+    camera_names: Sequence[str],
+    image_size: int,
+    control_rate_hz: float,
+    robot_ip: str = "",
+    robot_model: str = "Panda",
+    extra: Mapping | None = None,
+) -> dict:
     """robomimic ``env_args`` describing a real-robot recording setup.
 
     ``env_name`` is ``Real<robot_model><task>`` (e.g. RealPandaLift); ``env_kwargs`` follow robosuite's
@@ -77,163 +94,235 @@ def real_env_args(task: str, camera_names: Sequence[str], image_size: int, contr
             "executor": "d2ppo_control.ChunkExecutor + SafetyEnvelope in d2ppo_franka (franky)",
         },
         "recorder": "d2ppo_recorder",
+        # Older files held the commanded actions; since issue 11 the actions the controller sent to the arm.
+        "recorded_actions": "controller/executed",
     }
     kwargs.update(extra or {})
     return {"env_name": f"Real{robot_model}{task}", "env_version": "real", "type": REAL_ENV_TYPE, "env_kwargs": kwargs}
 
 
-class CommandedActions:
-    """Which action of the latest chunk is executed when, by the controller executor's timing rules
-    (``d2ppo_control.executor``): action ``i`` is due at ``stamp + i * period``; due once the time is
-    within half a period; more than ``late_tolerance`` overdue -> dropped; a chunk with a larger stamp
-    replaces what is left of the previous one; an older or equal stamp is ignored.
+class InputHistory:
+    """The recent messages of every input a sample is built from, so that an executed action is paired with
+    what was current when it was sent although newer messages may have arrived before it.
+
+    Per input, (stamp seconds, value) in arrival order; entries more than ``keep_s`` seconds older than the
+    input's newest are forgotten (the newest is always kept), and a stamp more than ``keep_s`` before the newest
+    (the clock jumped back) starts the input's history over. Images are kept resized to ``image_size``
+    (0: as received), the size they are recorded at.
     """
 
-    def __init__(self, period: float, late_tolerance: float | None = None):
-        self.period = float(period)
-        self.late_tolerance = float(period if late_tolerance is None else late_tolerance)
-        self._pending: deque[tuple[float, np.ndarray]] = deque()
-        self._last_stamp: float | None = None
-        self.dropped = 0
+    def __init__(self, camera_names: Sequence[str], keep_s: float, image_size: int = 0):
+        self.camera_names = tuple(camera_names)
+        self.keep_s = float(keep_s)
+        self.image_size = int(image_size)
+        self._entries: dict[str, deque[tuple[float, object]]] = {name: deque() for name in self.input_names}
+        self._newest: dict[str, float] = {}
 
-    def submit(self, chunk: ActionChunk, now: float) -> int:
-        """Schedule a chunk received at ``now`` (seconds); returns how many of its actions were scheduled."""
-        if self._last_stamp is not None and chunk.stamp <= self._last_stamp:
-            return 0
-        self._last_stamp = chunk.stamp
-        self._pending.clear()
-        for i, action in enumerate(chunk.actions):
-            self._pending.append((chunk.time_of(i), np.asarray(action, dtype=np.float64)))
-        return len(self._pending)
+    @property
+    def input_names(self) -> tuple[str, ...]:
+        return (*(camera_input(c) for c in self.camera_names), EE_POSE_INPUT, JOINT_STATES_INPUT, ARM_JOINTS_INPUT)
 
-    def pop_due(self, now: float) -> list[tuple[float, np.ndarray]]:
-        """(due time, action [7]) of every action that is executed by ``now``, oldest first."""
-        out = []
-        while self._pending and self._pending[0][0] <= now + 0.5 * self.period:
-            due, action = self._pending.popleft()
-            if due < now - self.late_tolerance:
-                self.dropped += 1
-                continue
-            out.append((due, action))
-        return out
+    def set_image(self, camera: str, stamp: float, image: np.ndarray) -> None:
+        """uint8 [H, W, 3] upright RGB."""
+        image = np.asarray(image)
+        self._add(camera_input(camera), stamp, resize_image(image, self.image_size) if self.image_size else image)
+
+    def set_ee_pose(self, stamp: float, pos: Sequence[float], quat_xyzw: Sequence[float]) -> None:
+        """Metres and an (x, y, z, w) quaternion in ``panda_link0``."""
+        self._add(EE_POSE_INPUT, stamp, (np.asarray(pos, dtype=np.float64), np.asarray(quat_xyzw, dtype=np.float64)))
+
+    def set_fingers(self, stamp: float, finger1: float, finger2: float) -> None:
+        """Finger joint positions, metres, both >= 0."""
+        self._add(JOINT_STATES_INPUT, stamp, (float(finger1), float(finger2)))
+
+    def set_arm_joints(self, stamp: float, positions: Sequence[float]) -> None:
+        """``panda_joint1..7``, radians."""
+        self._add(ARM_JOINTS_INPUT, stamp, np.asarray(positions, dtype=np.float64).reshape(7))
+
+    def _add(self, name: str, stamp: float, value) -> None:
+        entries, stamp = self._entries[name], float(stamp)
+        if stamp < self._newest.get(name, stamp) - self.keep_s:  # the clock jumped back (a sim reset): start over
+            entries.clear()
+            del self._newest[name]
+        entries.append((stamp, value))
+        newest = self._newest[name] = max(stamp, self._newest.get(name, stamp))
+        while len(entries) > 1 and entries[0][0] < newest - self.keep_s:
+            entries.popleft()
+
+    def at(self, name: str, t: float) -> tuple[float, object] | None:
+        """(stamp, value) of the newest entry of input ``name`` stamped at or before ``t``; None if there is none."""
+        best = None
+        for stamp, value in self._entries[name]:
+            if stamp <= t and (best is None or stamp >= best[0]):
+                best = (stamp, value)
+        return best
 
 
-class RobotJoints:
-    """Newest arm joint positions (``panda_joint1..7``, radians) and their stamp."""
-
-    def __init__(self):
-        self.positions: np.ndarray | None = None
-        self.stamp: float | None = None
-
-    def set(self, stamp: float, positions: Sequence[float]) -> None:
-        self.positions = np.asarray(positions, dtype=np.float64).reshape(7)
-        self.stamp = stamp
-
-
-def make_sample(inputs: LatestObservations, joints: RobotJoints, due: float, now: float,
-                max_obs_age: float, image_size: int) -> tuple[dict[str, np.ndarray] | None, str]:
-    """One sample's observation (robomimic keys + stamps), or (None, reason) when an input is missing
-    or older than ``max_obs_age`` seconds at ``now``.
-
-    Args:
-        image_size: square side in pixels images are stored at; 0 keeps the camera's size.
+def make_sample(history: InputHistory, t: float, max_obs_age: float) -> tuple[dict[str, np.ndarray] | None, str]:
+    """The observation (robomimic keys + stamps) of an action sent at ``t`` seconds: every input's newest entry
+    stamped at or before ``t``. (None, reason) when an input has none or it is more than ``max_obs_age``
+    seconds older than ``t``.
     """
-    missing = inputs.missing() + ([JOINT_STATES_INPUT] if joints.positions is None else [])
+    picked, missing = {}, []
+    for name in history.input_names:
+        entry = history.at(name, t)
+        if entry is None:
+            missing.append(name)
+        else:
+            picked[name] = entry
     if missing:
-        return None, f"missing {sorted(set(missing))}"
-    for name in inputs.input_names:
-        age = now - inputs.stamp(name)
-        if age > max_obs_age:
-            return None, f"stale {name} ({age:.3f} s old)"
+        return None, f"missing {missing} (nothing stamped at or before {t:.3f})"
+    for name, (stamp, _) in picked.items():
+        if t - stamp > max_obs_age:
+            return None, f"stale {name} ({t - stamp:.3f} s old)"
+    inputs = LatestObservations(history.camera_names)
+    for cam in history.camera_names:
+        inputs.set_image(cam, *picked[camera_input(cam)])
+    ee_stamp, (pos, quat) = picked[EE_POSE_INPUT]
+    inputs.set_ee_pose(ee_stamp, pos, quat)
+    finger_stamp, fingers = picked[JOINT_STATES_INPUT]
+    inputs.set_fingers(finger_stamp, *fingers)
     obs = dict(inputs.raw(_IDENTITY_BASE))
-    for cam in inputs.camera_names:
-        key = image_key(cam)
-        obs[key] = resize_image(np.asarray(obs[key]), image_size) if image_size else np.array(obs[key])
-        obs[stamp_key(cam)] = np.float64(inputs.stamp(camera_input(cam)))
-    obs[JOINT_POS_KEY] = joints.positions.copy()
-    obs[TIMESTAMP_KEY] = np.float64(due)
-    obs[EE_STAMP_KEY] = np.float64(inputs.stamp(EE_POSE_INPUT))
-    obs[JOINT_STAMP_KEY] = np.float64(joints.stamp)
+    for cam in history.camera_names:
+        obs[image_key(cam)] = np.array(obs[image_key(cam)])
+        obs[stamp_key(cam)] = np.float64(picked[camera_input(cam)][0])
+    joint_stamp, joints = picked[ARM_JOINTS_INPUT]
+    obs[JOINT_POS_KEY] = joints.copy()
+    obs[TIMESTAMP_KEY] = np.float64(t)
+    obs[EE_STAMP_KEY] = np.float64(ee_stamp)
+    obs[JOINT_STAMP_KEY] = np.float64(joint_stamp)
     return obs, ""
 
 
 class RecorderStateError(RuntimeError):
-    """start while recording, stop/discard while idle, or stop with too few samples."""
+    """start while recording, stop/discard with nothing to stop, or stop with too few samples."""
 
 
 @dataclass
 class EpisodeRecorder:
-    """Collects one episode's samples and writes it as one demo when stopped.
+    """Collects one episode's samples and saves it as one demo when stopped.
 
-    ``writer`` is a ``d2ppo.data.robomimic_hdf5.RobomimicWriter``: each demo is written, flushed and the
-    file closed before :meth:`stop` returns, so a crash later loses only the episode in progress.
+    ``demo_file`` is a :class:`~d2ppo_recorder.demo_file.DemoFile`: a demo is durable when :meth:`stop`
+    returns, and nothing that happens while one is saved -- a kill included -- can damage earlier demos.
+
+    A save that fails (:class:`~d2ppo_recorder.demo_file.DemoWriteError`: disk full, no permission, ...) ends
+    the recording but keeps its samples as the *unsaved* episode: :meth:`stop` again retries the save once the
+    cause is gone; :meth:`discard` or :meth:`start` drops it.
 
     Attributes:
         min_steps: an episode with fewer samples is not saved (stop raises; discard it).
-        valid_fraction: after each save, ``mask/train`` / ``mask/valid`` are rewritten with this split.
+        skipped: samples of the current episode not taken, by reason (missing, stale, nonfinite, out_of_order).
+        write_errors: failed saves since construction.
+        last_write_error: why the latest save failed; "" once a save succeeds.
     """
 
-    writer: object
+    demo_file: DemoFile
     min_steps: int = 1
-    valid_fraction: float = 0.1
     recording: bool = False
     saved: list[str] = field(default_factory=list)
     skipped: dict[str, int] = field(default_factory=dict)
+    write_errors: int = 0
+    last_write_error: str = ""
     _obs: list[dict[str, np.ndarray]] = field(default_factory=list)
     _actions: list[np.ndarray] = field(default_factory=list)
+    _sources: set[str] = field(default_factory=set)
 
     @property
     def steps(self) -> int:
+        """Samples of the episode being recorded, or of the unsaved one."""
         return len(self._actions)
 
-    def start(self) -> None:
+    @property
+    def unsaved(self) -> bool:
+        """A stopped episode whose save failed is waiting (stop retries, discard drops)."""
+        return not self.recording and bool(self._actions)
+
+    def start(self) -> int:
+        """Begin an episode; returns the number of samples of an unsaved episode this dropped (usually 0)."""
         if self.recording:
             raise RecorderStateError(f"already recording ({self.steps} steps); stop or discard first")
+        dropped = self.steps
+        self._clear()
+        self.skipped.clear()
         self.recording = True
-        self._obs.clear()
-        self._actions.clear()
+        return dropped
 
-    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray) -> None:
-        """Append one sample (a :func:`make_sample` observation and the action [7] executed with it)."""
-        if self.recording:
-            self._obs.append(dict(obs))
-            self._actions.append(np.asarray(action, dtype=np.float64).reshape(-1))
+    def add(self, obs: Mapping[str, np.ndarray], action: np.ndarray, source: str = "") -> str:
+        """Append one sample (a :func:`make_sample` observation, the action [7] executed with it and the source
+        of its chunk); returns "" when it was taken, else why not. A non-finite action or low-dimensional
+        observation, or a time not after the previous sample's, drops the sample (counted in :attr:`skipped`):
+        one bad value must not cost the episode (the file's readers reject non-finite actions)."""
+        if not self.recording:
+            return "not recording"
+        action = np.asarray(action, dtype=np.float64).reshape(-1)
+        bad = [k for k, v in obs.items() if np.asarray(v).dtype != np.uint8 and not np.all(np.isfinite(v))]
+        if not np.all(np.isfinite(action)):
+            bad.insert(0, "action")
+        if bad:
+            return self.skip(f"nonfinite {bad}")
+        if self._obs and TIMESTAMP_KEY in obs and obs[TIMESTAMP_KEY] <= self._obs[-1][TIMESTAMP_KEY]:
+            return self.skip(f"out_of_order at {float(obs[TIMESTAMP_KEY]):.3f}")
+        self._obs.append(dict(obs))
+        self._actions.append(action)
+        if source:
+            self._sources.add(source)
+        return ""
 
-    def skip(self, reason: str) -> None:
-        """Count a sample that could not be taken (the reason's first word: missing / stale)."""
+    def skip(self, reason: str) -> str:
+        """Count a sample that could not be taken under the reason's first word (missing, stale, nonfinite,
+        out_of_order); returns ``reason``."""
         if self.recording:
             kind = reason.split(" ", 1)[0]
             self.skipped[kind] = self.skipped.get(kind, 0) + 1
+        return reason
 
     def stop(self, attrs: Mapping | None = None) -> str:
-        """Write the episode as the next ``demo_N``; returns its name."""
-        if not self.recording:
+        """Save the episode (or retry saving the unsaved one) as the next ``demo_N``; returns its name.
+
+        Raises RecorderStateError (nothing to stop, too few samples: the recording goes on) or DemoWriteError
+        (the save failed: the recording has stopped and its samples are kept, see the class docstring).
+        """
+        if not self.recording and not self.unsaved:
             raise RecorderStateError("not recording")
-        if self.steps < self.min_steps:
-            raise RecorderStateError(f"episode has {self.steps} samples, fewer than min_steps={self.min_steps}; "
-                                     "keep recording, or discard it")
-        keys = self._obs[0].keys()
-        obs = {k: np.stack([o[k] for o in self._obs]) for k in keys}
-        actions = np.stack(self._actions)
-        T = len(actions)
+        if self.recording and self.steps < self.min_steps:
+            raise RecorderStateError(
+                f"episode has {self.steps} samples, fewer than min_steps={self.min_steps}; "
+                "keep recording, or discard it"
+            )
+        self.recording = False
+        T = self.steps
         # A saved demo is a success (the operator discards failures): sparse reward at its last step.
         rewards = np.zeros(T)
         rewards[-1] = 1.0
-        name = self.writer.add_demo(obs, actions, rewards=rewards, attrs=dict(attrs or {}))
-        if self.valid_fraction > 0:
-            self.writer.write_masks(self.valid_fraction, seed=0)
+        attrs = {**(attrs or {}), "action_sources": ",".join(sorted(self._sources))}
+        try:
+            try:
+                obs = {k: np.stack([o[k] for o in self._obs]) for k in self._obs[0]}
+            except (KeyError, ValueError) as e:  # e.g. a camera changed its resolution with image_size 0
+                raise DemoWriteError(f"{self.demo_file.path}: samples do not stack into arrays: {e}") from e
+            name = self.demo_file.add_demo(obs, np.stack(self._actions), rewards=rewards, attrs=attrs)
+        except DemoWriteError as e:
+            self.write_errors += 1
+            self.last_write_error = str(e)
+            raise DemoWriteError(
+                f"{e}; recording stopped, its {T} samples are kept: stop again retries the save "
+                "once the cause is fixed, discard drops them"
+            ) from e
+        self.last_write_error = ""
         self.saved.append(name)
-        self.recording = False
-        self._obs.clear()
-        self._actions.clear()
+        self._clear()
         return name
 
     def discard(self) -> int:
-        """Drop the episode in progress; returns how many samples were dropped."""
-        if not self.recording:
+        """Drop the episode in progress (or the unsaved one); returns how many samples were dropped."""
+        if not self.recording and not self.unsaved:
             raise RecorderStateError("not recording")
         n = self.steps
         self.recording = False
+        self._clear()
+        return n
+
+    def _clear(self) -> None:
         self._obs.clear()
         self._actions.clear()
-        return n
+        self._sources.clear()

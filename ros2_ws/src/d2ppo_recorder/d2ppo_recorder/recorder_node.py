@@ -1,7 +1,17 @@
-"""Recorder node: cameras + robot state + executed actions -> robomimic HDF5 demos. ROS plumbing only.
+"""Recorder node: cameras + robot state + the controller's executed actions -> robomimic HDF5 demos. ROS
+plumbing only.
+
+Subscribes to the camera images, ``robot/joint_states``, ``robot/ee_pose`` and ``controller/executed`` (the
+actions the franka or sim node sent to the arm; one sample each, see :mod:`d2ppo_recorder.episode`).
 
 Services (std_srvs/Trigger): ``~/start`` begins an episode, ``~/stop`` saves it as the next demo
-(durable on return), ``~/discard`` drops it. See :mod:`d2ppo_recorder.episode` for what one sample is.
+(durable on return), ``~/discard`` drops it.
+
+Failures never take the node down: a save that fails (disk full, permissions, ...) answers ``~/stop`` with
+success=false and the reason, leaves the file with exactly the demos it had (each save writes a new file
+version and renames it over the output, see :mod:`d2ppo_recorder.demo_file`), and shows as ERROR in
+``/diagnostics`` (``write_errors``, ``last_write_error``) until a save succeeds. The failed episode's samples
+are kept: ``~/stop`` again retries the save once the cause is fixed; ``~/discard`` or ``~/start`` drops them.
 
 Parameters (launch/recorder.yaml):
   output (str, required)   HDF5 file; demos are appended to it
@@ -11,10 +21,8 @@ Parameters (launch/recorder.yaml):
   robot_ip (str)           stored in env_args for provenance
   camera_names (str[])     cameras to record (the policy's camera names)
   image_size (int)         square size images are stored at (the policy's, 96); 0 = native size
-  control_rate_hz (float)  the controller's rate (period of multi-action chunks)
-  late_tolerance (float)   s an action may be overdue and still count as executed; <= 0: one period
-                           (set it like the franka node's late_tolerance)
-  max_obs_age (float)      s; a sample whose input is older is skipped and counted
+  control_rate_hz (float)  the controller's rate (stored in env_args as control_freq)
+  max_obs_age (float)      s; a sample whose newest input at the action's time is older is skipped and counted
   min_steps (int)          shorter episodes are not saved
   valid_fraction (float)   train/valid mask split rewritten after each save
   image_reliability (str)  "best_effort" | "reliable"
@@ -25,11 +33,12 @@ from __future__ import annotations
 
 import datetime
 import sys
-from functools import partial
+from functools import partial, wraps
 
 import rclpy
-from d2ppo_control.ros_conversions import ChunkMessageError, chunk_from_msg, diagnostic_status, stamp_to_sec
-from d2ppo_inference.policy_runner import LatestObservations, camera_input
+from d2ppo_control.ros_conversions import ChunkMessageError, diagnostic_status, executed_from_msg, stamp_to_sec
+from d2ppo_control.ros_params import refuse_undeclared_parameters
+from d2ppo_inference.policy_runner import camera_input
 from d2ppo_inference.robot_state import ARM_JOINT_NAMES, finger_positions
 from d2ppo_inference.ros_messages import ee_pose_from_msg, image_to_array
 from diagnostic_msgs.msg import DiagnosticArray
@@ -43,14 +52,27 @@ from sensor_msgs.msg import Image, JointState
 from std_srvs.srv import Trigger
 from trajectory_msgs.msg import JointTrajectory
 
-from d2ppo_recorder.episode import (
-    CommandedActions,
-    EpisodeRecorder,
-    RecorderStateError,
-    RobotJoints,
-    make_sample,
-    real_env_args,
-)
+from d2ppo_recorder.demo_file import DemoFile, DemoWriteError
+from d2ppo_recorder.episode import EpisodeRecorder, InputHistory, RecorderStateError, make_sample, real_env_args
+
+#: Seconds of input history kept beyond max_obs_age: how late an executed message may reach the recorder and
+#: still be paired with the inputs of its time.
+HISTORY_MARGIN_S = 1.0
+
+
+def _guarded(callback):
+    """Run a subscription callback so that an unexpected exception is logged and counted, not fatal (an
+    exception escaping a callback ends rclpy.spin, and with it the episode in memory)."""
+
+    @wraps(callback)
+    def run(self, *args):
+        try:
+            callback(self, *args)
+        except Exception as e:  # reported in /diagnostics (callback_errors)
+            self.callback_errors += 1
+            self.get_logger().error(f"{callback.__name__}: {type(e).__name__}: {e}", throttle_duration_sec=5.0)
+
+    return run
 
 
 class RecorderNode(Node):
@@ -65,12 +87,12 @@ class RecorderNode(Node):
         self.declare_parameter("camera_names", None, flexible)
         self.declare_parameter("image_size", 96)
         self.declare_parameter("control_rate_hz", 20.0)
-        self.declare_parameter("late_tolerance", -1.0)
         self.declare_parameter("max_obs_age", 0.2)
         self.declare_parameter("min_steps", 1)
         self.declare_parameter("valid_fraction", 0.1)
         self.declare_parameter("image_reliability", "best_effort")
         self.declare_parameter("diagnostics_period", 1.0)
+        refuse_undeclared_parameters(self)  # before opening the output file
         param = lambda name: self.get_parameter(name).value  # noqa: E731
 
         output = param("output")
@@ -82,18 +104,22 @@ class RecorderNode(Node):
         self.max_obs_age = float(param("max_obs_age"))
         self.task = param("task")
 
-        from d2ppo.data.robomimic_hdf5 import RobomimicWriter
-
-        env_args = real_env_args(self.task, cameras, self.image_size, 1.0 / self.period,
-                                 robot_ip=param("robot_ip"), robot_model=param("robot_model"))
+        env_args = real_env_args(
+            self.task,
+            cameras,
+            self.image_size,
+            1.0 / self.period,
+            robot_ip=param("robot_ip"),
+            robot_model=param("robot_model"),
+        )
         self.output = output
-        self.episodes = EpisodeRecorder(RobomimicWriter(output, env_args, append=param("append")),
-                                        min_steps=param("min_steps"), valid_fraction=param("valid_fraction"))
-        self.inputs = LatestObservations(cameras)
-        self.joints = RobotJoints()
-        late = float(param("late_tolerance"))
-        self.actions = CommandedActions(self.period, late_tolerance=late if late > 0 else None)
-        self.bad_chunks = 0
+        demo_file = DemoFile(output, env_args, append=param("append"), valid_fraction=param("valid_fraction"))
+        for p in demo_file.removed_temp_files:
+            self.get_logger().warning(f"removed {p}, left by an interrupted save")
+        self.episodes = EpisodeRecorder(demo_file, min_steps=param("min_steps"))
+        self.history = InputHistory(cameras, keep_s=self.max_obs_age + HISTORY_MARGIN_S, image_size=self.image_size)
+        self.bad_executed = 0
+        self.callback_errors = 0
 
         reliability = {"best_effort": ReliabilityPolicy.BEST_EFFORT, "reliable": ReliabilityPolicy.RELIABLE}
         image_qos = QoSProfile(depth=1, reliability=reliability[param("image_reliability")])
@@ -101,71 +127,67 @@ class RecorderNode(Node):
             self.create_subscription(Image, camera_input(cam), partial(self._on_image, cam), image_qos)
         self.create_subscription(JointState, "robot/joint_states", self._on_joint_states, 5)
         self.create_subscription(PoseStamped, "robot/ee_pose", self._on_ee_pose, 5)
-        self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
+        self.create_subscription(JointTrajectory, "controller/executed", self._on_executed, 50)
         self.create_service(Trigger, "~/start", self._on_start)
         self.create_service(Trigger, "~/stop", self._on_stop)
         self.create_service(Trigger, "~/discard", self._on_discard)
-        # Later actions of multi-action (policy) chunks fall due between chunk arrivals.
-        self.create_timer(0.5 * self.period, self._record_due)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_timer(param("diagnostics_period"), self._publish_diagnostics,
-                          clock=Clock(clock_type=ClockType.STEADY_TIME))
+        self.create_timer(
+            param("diagnostics_period"), self._publish_diagnostics, clock=Clock(clock_type=ClockType.STEADY_TIME)
+        )
         self.get_logger().info(
             f"recording {env_args['env_name']} into {output} (cameras {cameras}, images "
             f"{self.image_size or 'native'}px); call {self.get_fully_qualified_name()}/start"
         )
 
     # --- inputs -----------------------------------------------------------------------------------------
-    def _now(self) -> float:
-        return self.get_clock().now().nanoseconds * 1e-9
-
+    @_guarded
     def _on_image(self, camera: str, msg: Image) -> None:
         try:
             image = image_to_array(msg)
         except ValueError as e:
-            self.get_logger().warn(f"{camera_input(camera)}: {e}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"{camera_input(camera)}: {e}", throttle_duration_sec=5.0)
             return
-        self.inputs.set_image(camera, stamp_to_sec(msg.header.stamp), image)
+        self.history.set_image(camera, stamp_to_sec(msg.header.stamp), image)
 
+    @_guarded
     def _on_joint_states(self, msg: JointState) -> None:
         stamp = stamp_to_sec(msg.header.stamp)
         fingers = finger_positions(msg.name, msg.position)
         if fingers is not None:
-            self.inputs.set_fingers(stamp, *fingers)
+            self.history.set_fingers(stamp, *fingers)
         names = list(msg.name)
         if all(n in names for n in ARM_JOINT_NAMES):
-            self.joints.set(stamp, [msg.position[names.index(n)] for n in ARM_JOINT_NAMES])
+            self.history.set_arm_joints(stamp, [msg.position[names.index(n)] for n in ARM_JOINT_NAMES])
 
+    @_guarded
     def _on_ee_pose(self, msg: PoseStamped) -> None:
-        self.inputs.set_ee_pose(stamp_to_sec(msg.header.stamp), *ee_pose_from_msg(msg))
+        self.history.set_ee_pose(stamp_to_sec(msg.header.stamp), *ee_pose_from_msg(msg))
 
-    def _on_chunk(self, msg: JointTrajectory) -> None:
+    @_guarded
+    def _on_executed(self, msg: JointTrajectory) -> None:
         try:
-            chunk = chunk_from_msg(msg, default_period=self.period)
+            stamp, action, source = executed_from_msg(msg)
         except (ChunkMessageError, ValueError) as e:
-            self.bad_chunks += 1
-            self.get_logger().warn(f"ignored action chunk: {e}", throttle_duration_sec=5.0)
+            self.bad_executed += 1
+            self.get_logger().warning(f"ignored controller/executed message: {e}", throttle_duration_sec=5.0)
             return
-        self.actions.submit(chunk, self._now())
-        self._record_due()
-
-    def _record_due(self) -> None:
-        now = self._now()
-        for due, action in self.actions.pop_due(now):
-            if not self.episodes.recording:
-                continue
-            obs, reason = make_sample(self.inputs, self.joints, due, now, self.max_obs_age, self.image_size)
-            if obs is None:
-                self.episodes.skip(reason)
-                self.get_logger().warn(f"sample skipped: {reason}", throttle_duration_sec=2.0)
-            else:
-                self.episodes.add(obs, action)
+        if not self.episodes.recording:
+            return
+        obs, reason = make_sample(self.history, stamp, self.max_obs_age)
+        if obs is None:
+            self.episodes.skip(reason)
+        else:
+            reason = self.episodes.add(obs, action, source)
+        if reason:
+            self.get_logger().warning(f"sample skipped: {reason}", throttle_duration_sec=2.0)
 
     # --- services -----------------------------------------------------------------------------------------
     def _on_start(self, request: Trigger.Request, response: Trigger.Response) -> Trigger.Response:
         def start() -> str:
-            self.episodes.start()
-            return f"recording demo_{len(self.episodes.writer)}"
+            dropped = self.episodes.start()
+            note = f" (dropped the unsaved episode of {dropped} steps)" if dropped else ""
+            return f"recording demo_{self.episodes.demo_file.next_index}{note}"
 
         return self._run(response, start)
 
@@ -178,7 +200,6 @@ class RecorderNode(Node):
                 "skipped_samples": int(sum(self.episodes.skipped.values())),
             }
             name = self.episodes.stop(attrs)
-            self.episodes.skipped.clear()
             return f"saved {name} ({steps} steps) to {self.output}"
 
         return self._run(response, stop)
@@ -193,7 +214,14 @@ class RecorderNode(Node):
             self.get_logger().info(response.message)
         except RecorderStateError as e:
             response.success, response.message = False, str(e)
-            self.get_logger().warn(response.message)
+            self.get_logger().warning(response.message)
+        except DemoWriteError as e:
+            response.success, response.message = False, str(e)
+            self.get_logger().error(response.message)
+        except Exception as e:  # a service must answer, and the node must stay up
+            self.callback_errors += 1
+            response.success, response.message = False, f"{type(e).__name__}: {e}"
+            self.get_logger().error(response.message)
         self._publish_diagnostics()
         return response
 
@@ -202,15 +230,23 @@ class RecorderNode(Node):
             "output": self.output,
             "recording": self.episodes.recording,
             "steps": self.episodes.steps,
+            "unsaved_steps": self.episodes.steps if self.episodes.unsaved else 0,
             "demos_saved_this_run": len(self.episodes.saved),
-            "demos_in_file": len(self.episodes.writer),
-            "bad_chunks": self.bad_chunks,
-            "actions_dropped_late": self.actions.dropped,
+            "demos_in_file": len(self.episodes.demo_file),
+            "write_errors": self.episodes.write_errors,
+            "last_write_error": self.episodes.last_write_error,
+            "bad_executed_messages": self.bad_executed,
+            "callback_errors": self.callback_errors,
             **{f"skipped_{k}": v for k, v in self.episodes.skipped.items()},
         }
         skipped = sum(self.episodes.skipped.values())
-        level = 1 if skipped else 0
-        text = ("recording" if self.episodes.recording else "idle") + (f", {skipped} samples skipped" if skipped else "")
+        text = ("recording" if self.episodes.recording else "idle") + (
+            f", {skipped} samples skipped" if skipped else ""
+        )
+        if self.episodes.last_write_error:
+            level, text = 2, f"{text}; the last save failed: {self.episodes.last_write_error}"
+        else:
+            level = 1 if skipped or self.callback_errors else 0
         msg = DiagnosticArray()
         msg.header.stamp = self.get_clock().now().to_msg()
         msg.status = [diagnostic_status(f"{self.get_name()}: recorder", level, text, values)]
@@ -221,17 +257,18 @@ def main(args: list[str] | None = None) -> None:
     rclpy.init(args=args if args is not None else sys.argv)
     node = None
     try:
-        node = RecorderNode()
+        try:
+            node = RecorderNode()
+        except (ValueError, OSError, DemoWriteError) as e:  # bad parameters (DatasetFormatError too), no output
+            print(f"recorder: {e}", file=sys.stderr)
+            sys.exit(2)
         rclpy.spin(node)
-    except ValueError as e:  # bad parameters
-        print(f"recorder: {e}", file=sys.stderr)
-        sys.exit(2)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:
         if node is not None:
-            if node.episodes.recording:
-                node.get_logger().warn(f"shutting down: episode in progress ({node.episodes.steps} steps) not saved")
+            if node.episodes.steps:
+                node.get_logger().warning(f"shutting down: episode of {node.episodes.steps} steps not saved")
             node.destroy_node()
         if rclpy.ok():
             rclpy.shutdown()

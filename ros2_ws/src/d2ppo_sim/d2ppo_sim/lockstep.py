@@ -36,9 +36,27 @@ class EpisodeResult:
     moves: int
     holds: int
     final_ee_pos: list[float]  # metres, panda_link0: a fingerprint for comparing runs
+    #: the executor's counters over this episode (chunks accepted, actions executed / dropped stale / ...)
+    executor: dict = field(default_factory=dict)
+    #: real-time mode: observation stamp -> chunk receipt at the sim node, milliseconds (p50, p99, max, n)
+    obs_to_chunk_ms: dict = field(default_factory=dict)
 
     def to_dict(self) -> dict:
         return dict(self.__dict__)
+
+
+#: executor counters recorded per episode (see d2ppo_control.executor.EXECUTOR_COUNTERS)
+_EPISODE_COUNTERS = (
+    "chunks_accepted",
+    "actions_scheduled",
+    "actions_executed",
+    "actions_dropped_stale",
+    "actions_already_executed",
+    "actions_replaced",
+    "actions_ensembled",
+    "actions_rejected",
+    "watchdog_trips",
+)
 
 
 @dataclass
@@ -100,6 +118,7 @@ class LockstepSim:
         self._holds = 0
         self._wall_start = time.monotonic()
         self._success = False
+        self._counters_at_start = self._counters()
         self.sim.reset()
 
     # --- inputs ----------------------------------------------------------------------------------
@@ -161,7 +180,13 @@ class LockstepSim:
             moves=self._moves,
             holds=self._holds,
             final_ee_pos=[round(float(v), 6) for v in self.sim.observation().ee_pos],
+            executor={
+                k: v - self._counters_at_start.get(k, 0)
+                for k, v in self._counters().items()
+                if k in _EPISODE_COUNTERS or (k.startswith("safety_") and v - self._counters_at_start.get(k, 0))
+            },
         )
+        self._counters_at_start = self._counters()
         self.results.append(result)
         self.episode += 1
         self.step_count = 0
@@ -173,6 +198,9 @@ class LockstepSim:
         self.schedule.reset()
         self.sim.reset()
         return result
+
+    def _counters(self) -> dict[str, int]:
+        return {**self.executor.counters, **{f"safety_{k}": v for k, v in self.executor.envelope.counters.items()}}
 
     def summary(self) -> dict:
         n = len(self.results)

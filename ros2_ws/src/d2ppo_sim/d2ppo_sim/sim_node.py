@@ -1,7 +1,15 @@
-"""robosuite sim node: the real drivers' topics from a simulated Panda, on sim time. ROS plumbing only.
+"""robosuite sim node: the real drivers' topics from a simulated Panda. ROS plumbing only.
 
-Episode logic is ``LockstepSim``; the env is ``RobosuiteSim``. The node drives its own loop (no
-timers): publish /clock and the observation at sim time t, wait for the due chunk, step, repeat.
+Episode logic is ``LockstepSim``; the env is ``RobosuiteSim``. The node drives its own loop (no timers).
+Two modes:
+
+* lock-step (default): publish /clock and the observation at sim time t, wait for the due chunk, step,
+  repeat — the training success rate, independent of how fast anything runs;
+* real-time (``realtime: true``): physics steps at the control rate on the wall clock whether or not a
+  chunk arrived (holding when nothing is due), robot state is published at once, and each camera frame,
+  stamped with its capture time, is delivered like a driver's with injectable latency, jitter and loss
+  (``camera_latency_ms``, ``camera_jitter_ms``, ``camera_drop``; :mod:`d2ppo_sim.realtime`). The inference
+  node runs unmodified in its robot configuration: the robot's graph with the arm swapped.
 
 Parameters:
   policy (str)            policy package: task, env_args, render profile, cameras, image size, act_steps
@@ -15,6 +23,9 @@ Parameters:
   lockstep_timeout (float)   wall seconds to wait for a due chunk before stepping on (holding)
   startup_timeout (float)    wall seconds to wait for the very first chunk (inference start-up)
   republish_period (float)   wall seconds between re-sends of an observation while waiting
+  realtime (bool)         real-time mode (above); camera_latency_ms, camera_jitter_ms (float >= 0),
+                          camera_drop (probability in [0, 1)) shape camera delivery in that mode
+  source (str), seam (str)   the executor's chunk source and seam strategy (as on the franka node)
   safety.* (from launch/safety.yaml, overridden by launch/sim.yaml): SafetyLimits fields
 """
 
@@ -25,6 +36,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from d2ppo_control.executor import ChunkExecutor
 from d2ppo_control.ros_conversions import (
@@ -50,6 +62,7 @@ from std_srvs.srv import SetBool, Trigger
 from trajectory_msgs.msg import JointTrajectory
 
 from d2ppo_sim.lockstep import LockstepSim
+from d2ppo_sim.realtime import CameraDelay, CameraFaults
 from d2ppo_sim.robosuite_sim import DEFAULT_CAMERAS, RobosuiteSim, SimTask
 from d2ppo_sim.video import EpisodeVideo
 
@@ -80,6 +93,11 @@ class SimNode(Node):
         declare("startup_timeout", 120.0)
         declare("republish_period", 0.5)
         declare("source", "policy")  # whose chunks run ("policy" | "teleop"; chunk header.frame_id)
+        declare("seam", "replace")  # replace | ensemble | inpaint (see d2ppo_control.executor)
+        declare("realtime", False)
+        declare("camera_latency_ms", 0.0)
+        declare("camera_jitter_ms", 0.0)
+        declare("camera_drop", 0.0)
         defaults = SafetyLimits().to_dict()
         for name, value in defaults.items():
             declare(f"safety.{name}", list(value) if isinstance(value, tuple) else value)
@@ -87,6 +105,10 @@ class SimNode(Node):
         p = lambda name: self.get_parameter(name).value  # noqa: E731
 
         limits = SafetyLimits.from_dict({name: p(f"safety.{name}") for name in defaults})
+        self.realtime = bool(p("realtime"))
+        self.camera_faults = CameraFaults(
+            float(p("camera_latency_ms")), float(p("camera_jitter_ms")), float(p("camera_drop"))
+        )  # ValueError (a clear message) before the sim is built
         if p("policy"):
             from d2ppo.package import load_policy
 
@@ -115,18 +137,23 @@ class SimNode(Node):
         sim = RobosuiteSim(task, seed=int(p("seed")))
         self.lock = LockstepSim(
             sim,
-            ChunkExecutor(SafetyEnvelope(limits), sim.period, source=p("source")),
+            ChunkExecutor(SafetyEnvelope(limits), sim.period, source=p("source"), seam=p("seam")),
             replan_every=act_steps if p("replan") == "chunk" else 1,
             horizon=horizon,
         )
         self.camera_names = task.camera_names
+        self.camera_delay = CameraDelay(self.camera_faults, seed=int(p("seed")))
         self.chunks_rejected = 0
         self._reset_requested = False
         self._video: EpisodeVideo | None = None
 
+        # lock-step: no image may be lost; real time: like a camera driver (the robot profile's inference node
+        # subscribes best effort, which matches either)
         reliable = QoSProfile(depth=2, reliability=ReliabilityPolicy.RELIABLE)
-        self.clock_pub = self.create_publisher(Clock, "/clock", 10)
-        self.image_pubs = {cam: self.create_publisher(Image, camera_input(cam), reliable) for cam in task.camera_names}
+        image_qos = QoSProfile(depth=2, reliability=ReliabilityPolicy.BEST_EFFORT) if self.realtime else reliable
+        if not self.realtime:
+            self.clock_pub = self.create_publisher(Clock, "/clock", 10)
+        self.image_pubs = {cam: self.create_publisher(Image, camera_input(cam), image_qos) for cam in task.camera_names}
         self.joint_pub = self.create_publisher(JointState, JOINT_STATES_INPUT, 10)
         self.ee_pub = self.create_publisher(PoseStamped, EE_POSE_INPUT, 10)
         # Transient-local: a monitor that subscribes late still receives every episode's outcome.
@@ -148,6 +175,10 @@ class SimNode(Node):
             self.chunks_rejected += 1
             self.get_logger().warn(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
             return
+        if self.realtime:
+            self.lock.t = self._wall()  # the chunk arrives now, on the clock it is stamped with
+            self._chunks_seen += 1
+            self._chunk_latency.append(self.lock.t - chunk.stamp)
         self.lock.submit(chunk)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
@@ -173,7 +204,101 @@ class SimNode(Node):
         self.joint_pub.publish(joint_state_msg(obs.arm_positions, obs.fingers, t, obs.arm_velocities))
         self.ee_pub.publish(ee_pose_msg(obs.ee_pos, obs.ee_quat, t))
 
-    def _publish_diagnostics(self, message: str = "running") -> None:
+    # --- real-time mode ---------------------------------------------------------------------------
+    def _wall(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _publish_state(self, t: float, obs) -> None:
+        self.joint_pub.publish(joint_state_msg(obs.arm_positions, obs.fingers, t, obs.arm_velocities))
+        self.ee_pub.publish(ee_pose_msg(obs.ee_pos, obs.ee_quat, t))
+
+    def _capture(self, t: float, obs) -> None:
+        for cam in self.camera_names:
+            self.camera_delay.push(cam, t, obs.images[cam])
+
+    def _deliver_frames(self) -> None:
+        for cam, t, image in self.camera_delay.due(self._wall()):
+            self.image_pubs[cam].publish(image_msg(image, t, camera_frame_id(cam)))
+
+    def _spin_until(self, deadline: float) -> None:
+        """Handle chunks and deliver due frames until ``deadline`` (wall seconds on the node clock)."""
+        while rclpy.ok():
+            now = self._wall()
+            if now >= deadline:
+                return
+            self._deliver_frames()
+            nxt = self.camera_delay.next_release()
+            wait = deadline - now if nxt is None else min(deadline, nxt) - now
+            self._ros_executor.spin_once(timeout_sec=max(0.0, min(wait, 0.005)))
+
+    def run_realtime(self) -> int:
+        """Physics at the control rate on the wall clock; holds when no action is due."""
+        lock = self.lock
+        period = lock.period
+        last_diag = 0.0
+        self._chunks_seen = 0
+        self._chunk_latency: list[float] = []
+        # Before the first chunk (torch import + policy load) the arm stands, observed like a robot: the
+        # episode clock starts with the policy's first chunk.
+        deadline = time.monotonic() + self.startup_timeout
+        next_tick = self._wall()
+        while rclpy.ok() and self._chunks_seen == 0:
+            if time.monotonic() > deadline:
+                raise StartupTimeout(
+                    f"no action chunk within startup_timeout={self.startup_timeout:g} s: is the inference "
+                    "node running with the same ROS_DOMAIN_ID, policy and namespace?"
+                )
+            t = self._wall()
+            obs = lock.observation()
+            self._publish_state(t, obs)
+            self._capture(t, obs)
+            next_tick += period
+            self._spin_until(next_tick)
+        lock.sim.reset()
+        self.camera_delay.clear()
+        next_tick = self._wall()
+        late_ticks = 0
+        while rclpy.ok() and (self.episodes <= 0 or len(lock.results) < self.episodes):
+            now = self._wall()
+            if now - next_tick > period:
+                late_ticks += 1  # the loop fell behind (a slow render): run this tick now, re-anchor the grid
+                next_tick = now
+            lock.t = now
+            cmd = lock.step()  # executor tick at `now` + one physics step (holds when nothing is due)
+            if cmd.is_move:
+                self.executed_pub.publish(executed_msg(cmd.action, now, cmd.source))
+            t_obs = self._wall()
+            obs = lock.observation()
+            self._publish_state(t_obs, obs)
+            self._capture(t_obs, obs)
+            self._deliver_frames()
+            if time.monotonic() - last_diag > 1.0:
+                self._publish_diagnostics(late_ticks=late_ticks)
+                last_diag = time.monotonic()
+            if lock.episode_done or self._reset_requested:
+                lat = np.array(self._chunk_latency) * 1e3
+                self._chunk_latency = []
+                self._end_episode(
+                    obs_to_chunk_ms={
+                        "p50": round(float(np.percentile(lat, 50)), 2) if lat.size else None,
+                        "p99": round(float(np.percentile(lat, 99)), 2) if lat.size else None,
+                        "max": round(float(lat.max()), 2) if lat.size else None,
+                        "n": int(lat.size),
+                    }
+                )
+                self.camera_delay.clear()
+                # no frames for a while: the inference node starts a fresh observation history
+                gap_end = self._wall() + lock.episode_gap
+                while rclpy.ok() and self._wall() < gap_end:
+                    self._ros_executor.spin_once(timeout_sec=0.01)
+                next_tick = self._wall()
+                continue
+            next_tick += period
+            self._spin_until(next_tick)
+        self._publish_diagnostics("finished", late_ticks=late_ticks)
+        return 0
+
+    def _publish_diagnostics(self, message: str = "running", late_ticks: int | None = None) -> None:
         lock = self.lock
         summary = lock.summary()
         values = {
@@ -184,8 +309,15 @@ class SimNode(Node):
             "successes": summary["successes"],
             "controller_enabled": lock.enabled,
             "chunks_rejected_message": self.chunks_rejected,
+            "realtime": self.realtime,
             **lock.executor.stats(),
         }
+        if self.realtime:
+            values.update(
+                frames_captured=self.camera_delay.captured,
+                frames_dropped=self.camera_delay.dropped,
+                late_ticks=late_ticks or 0,
+            )
         msg = DiagnosticArray()
         msg.header.stamp = sec_to_stamp(lock.t)
         msg.status = [diagnostic_status(f"{self.get_name()}: lockstep", 0, message, values)]
@@ -271,9 +403,11 @@ class SimNode(Node):
         self._publish_diagnostics("finished")
         return 0
 
-    def _end_episode(self) -> None:
+    def _end_episode(self, obs_to_chunk_ms: dict | None = None) -> None:
         self._reset_requested = False
         result = self.lock.finish_episode()
+        if obs_to_chunk_ms is not None:
+            result.obs_to_chunk_ms = obs_to_chunk_ms
         self.success_pub.publish(Bool(data=bool(result.success)))
         summary = self.lock.summary()
         self.get_logger().info(
@@ -303,7 +437,7 @@ def main(args: list[str] | None = None) -> None:
     rc = 0
     try:
         node = SimNode()
-        rc = node.run()
+        rc = node.run_realtime() if node.realtime else node.run()
     except ValueError as e:  # bad parameters or an invalid policy package (PolicyPackageError)
         print(f"sim: {e}", file=sys.stderr)
         rc = 2
