@@ -712,3 +712,68 @@ def test_controller_executed_reports_what_was_sent_after_the_envelope(probe):
     for a in moves:
         assert a[0] == pytest.approx(0.5, abs=1e-6)  # clipped to max_translation/velocity: 0.025 m = 0.5
     go_to(probe, p0)
+
+
+def test_backward_clock_jump_clears_the_queue_and_the_arm_stops(tmp_path):
+    """The node on sim time (use_sim_time), its /clock from this test: a jump back of /clock while a long
+    chunk runs cancels the rest of the chunk (nothing queued on the old time line runs later) and trips the
+    watchdog, which disables the controller."""
+    import threading
+
+    from rosgraph_msgs.msg import Clock
+
+    domain = ros_domains.claim_domain(range(60, 80))
+    host = f"127.0.{domain}.1"
+    sim = start_franky_sim(host, tmp_path)
+    node = probe = None
+    stop_clock = threading.Event()
+    offset = [1000.0 - time.monotonic()]  # sim time = monotonic + offset
+    try:
+        node = start_franka_node(
+            domain,
+            {"robot_ip": host, "realtime": False, "use_sim_time": True, "late_tolerance": 0.1},
+            tmp_path,
+            name="sim_time_node",
+        )
+        probe = RosProbe(domain)
+        clock_pub = probe.node.create_publisher(Clock, "/clock", 10)
+
+        def publish_clock() -> None:
+            while not stop_clock.is_set():
+                msg = Clock()
+                t = time.monotonic() + offset[0]
+                msg.clock.sec, msg.clock.nanosec = int(t), int((t % 1.0) * 1e9)
+                clock_pub.publish(msg)
+                time.sleep(0.005)
+
+        threading.Thread(target=publish_clock, daemon=True).start()
+        probe.wait_ready(timeout=40.0)
+        assert probe.set_enabled(True).success
+        p0 = probe.wait_still()
+        before = probe.fresh_diag()
+        sim_now = time.monotonic() + offset[0]
+        probe.publish_chunk(actions(16, y=0.3), stamp=sim_now)  # 16 x 0.015 m = 0.24 m over 0.8 s
+        time.sleep(0.2)
+        offset[0] -= 500.0  # /clock jumps back by 500 s
+        t_jump = time.time()
+        p_rest = probe.wait_still(timeout=10.0)
+        d = probe.fresh_diag()
+        moved_after, _ = max_travel_since(probe, t_jump)
+        print(
+            f"\n[clock jump] moved {(p_rest - p0)[1] * 1000:.1f} mm of the 240 mm chunk, {moved_after * 1000:.1f} mm "
+            f"after the jump; clock_jumps_back {d['clock_jumps_back']}, cancelled "
+            f"{float(d['actions_cancelled']) - float(before['actions_cancelled']):.0f}, enabled {d['enabled']} "
+            f"({d['disabled_reason']})"
+        )
+        assert float(d["clock_jumps_back"]) >= 1 and d["enabled"] == "0"
+        assert d["disabled_reason"] == "clock jumped backwards"
+        assert (p_rest - p0)[1] < 0.12  # the rest of the chunk never ran
+        assert moved_after <= MAX_TRACKING_LEAD + 0.015 + 0.02  # braked within its stopping distance
+    finally:
+        stop_clock.set()
+        if probe is not None:
+            probe.close()
+        if node is not None:
+            node.stop()
+        sim.stop()
+        ros_domains.release_domain(domain)

@@ -1,4 +1,5 @@
-"""robosuite sim + inference on sim time: ``ros2 launch d2ppo_bringup sim.launch.py policy:=<folder>``.
+"""robosuite sim + inference on sim time: ``ros2 launch d2ppo_bringup sim.launch.py policy:=<folder>``;
+``realtime:=true latency_ms:=50`` runs the robot's graph with the arm swapped for the sim.
 
 The node graph is ``d2ppo_bringup.graph.sim_graph`` (also used by ``python -m d2ppo_bringup.run sim``).
 """
@@ -20,7 +21,12 @@ ARGUMENTS = {
     "video": ("", "mp4 of the first episode's agentview camera"),
     "results": ("", "JSON summary of the episodes"),
     "replan": ("chunk", "chunk | tick"),
-    "backend": ("torch", "torch | onnx"),
+    "backend": ("auto", "auto (onnx when the package has policy.onnx) | torch | onnx"),
+    "realtime": ("false", "true: physics on the wall clock, the inference node in its robot configuration"),
+    "latency_ms": ("0", "realtime: camera delivery latency (ms)"),
+    "jitter_ms": ("0", "realtime: +- uniform jitter on the camera latency (ms)"),
+    "drop": ("0", "realtime: probability a camera frame is lost, [0, 1)"),
+    "seam": ("", "replace | ensemble | inpaint (empty: the profiles' value)"),
     "robot_ip": ("", "unused by the sim (accepted so both launch files take the same arguments)"),
 }
 
@@ -37,6 +43,11 @@ def _nodes(context):
         results_path=arg("results"),
         replan=arg("replan"),
         backend=arg("backend"),
+        realtime=arg("realtime").lower() in ("true", "1"),
+        camera_latency_ms=float(arg("latency_ms")),
+        camera_jitter_ms=float(arg("jitter_ms")),
+        camera_drop=float(arg("drop")),
+        seam=arg("seam") or None,
     )
     return launch_nodes(graph, arg("namespace"))
 

@@ -17,7 +17,9 @@ Facts this wrapper is built around (DESIGN.md and measured against franky-sim / 
   :meth:`FrankyArm.gripper_command` only starts a command when the previous one has finished.
 * The gripper's width is a network round trip (~1.3 ms, unbounded when the gripper hangs): a thread of its
   own reads it every ``gripper_poll_period`` and :meth:`FrankyArm.read_state` takes the latest value, so
-  the control tick never waits on the gripper.
+  the control tick never waits on the gripper. libfranka's Gripper is not thread-safe (a width read racing a
+  grasp command ended in "ProtocolException: incorrect object size" here), so every gripper call holds
+  ``_gripper_lock``; the tick only tries it briefly and starts its command on a later tick when it is taken.
 """
 
 from __future__ import annotations
@@ -113,6 +115,7 @@ class FrankyArm:
         self._finger_width = float("nan")
         self._gripper_error: str = ""
         self._width_thread: threading.Thread | None = None
+        self._gripper_lock = threading.Lock()
         self.max_finger_width = 0.08
 
     # -- connection --------------------------------------------------------------------------------------
@@ -158,7 +161,8 @@ class FrankyArm:
         """Read the finger width every gripper_poll_period until this gripper is disconnected."""
         while self._gripper is gripper:
             try:
-                self._finger_width = float(gripper.width)
+                with self._gripper_lock:
+                    self._finger_width = float(gripper.width)
             except (*_NETWORK_TYPES, franky.GripperException) as e:
                 self._gripper_error = f"gripper: {type(e).__name__}: {e}"
                 return
@@ -272,18 +276,23 @@ class FrankyArm:
 
         Returns False (nothing started) while the previous gripper command is still running.
         """
-        if self._gripper is None:
+        gripper = self._gripper
+        if gripper is None:
             return False
         if self.gripper_busy:
+            return False
+        if not self._gripper_lock.acquire(timeout=0.005):  # a width read is on the wire: next tick
             return False
         try:
             if close:
                 # width 0 with a wide outer tolerance: grasp an object of any width, or close fully.
-                self._gripper_future = self._gripper.grasp_async(
+                self._gripper_future = gripper.grasp_async(
                     0.0, self.gripper_speed, self.grasp_force, 0.005, self.max_finger_width
                 )
             else:
-                self._gripper_future = self._gripper.move_async(self.max_finger_width, self.gripper_speed)
+                self._gripper_future = gripper.move_async(self.max_finger_width, self.gripper_speed)
         except (*_NETWORK_TYPES, franky.GripperException, franky.CommandException) as e:
             raise ConnectionLost(f"gripper: {type(e).__name__}: {e}") from e
+        finally:
+            self._gripper_lock.release()
         return True

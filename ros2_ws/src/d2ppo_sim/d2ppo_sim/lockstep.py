@@ -199,6 +199,18 @@ class LockstepSim:
         self.sim.reset()
         return result
 
+    def restart_episode(self) -> None:
+        """Start the current episode afresh: sim and executor reset, nothing counted yet (the real-time mode,
+        once the policy's first chunk arrived)."""
+        self.sim.reset()
+        self.executor.reset()
+        self.schedule.reset()
+        self.step_count = 0
+        self._timeouts = self._moves = self._holds = 0
+        self._success = False
+        self._wall_start = time.monotonic()
+        self._counters_at_start = self._counters()
+
     def _counters(self) -> dict[str, int]:
         return {**self.executor.counters, **{f"safety_{k}": v for k, v in self.executor.envelope.counters.items()}}
 

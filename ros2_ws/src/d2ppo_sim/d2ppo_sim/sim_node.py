@@ -32,7 +32,9 @@ Parameters:
 from __future__ import annotations
 
 import json
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -160,7 +162,20 @@ class SimNode(Node):
         results_qos = QoSProfile(depth=100, durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.success_pub = self.create_publisher(Bool, "sim/success", results_qos)
         self.diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.chunk_sub = self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
+        if self.realtime:
+            # Chunks are received on a thread of their own, stamped with their true arrival time: the physics
+            # step blocks this node's loop for ~30 ms, and a chunk waiting that long would be measured (and
+            # executed) late, as no robot controller would. The loop submits them before each tick.
+            self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+            self._rx_node = rclpy.create_node(f"{self.get_name()}_chunk_rx", namespace=self.get_namespace())
+            self.chunk_sub = self._rx_node.create_subscription(
+                JointTrajectory, "policy/action_chunk", self._receive_chunk, 10
+            )
+            self._rx_executor = SingleThreadedExecutor()
+            self._rx_executor.add_node(self._rx_node)
+            threading.Thread(target=self._rx_executor.spin, name="chunk-rx", daemon=True).start()
+        else:
+            self.chunk_sub = self.create_subscription(JointTrajectory, "policy/action_chunk", self._on_chunk, 10)
         self.executed_pub = self.create_publisher(JointTrajectory, "controller/executed", 10)
         self.create_service(SetBool, "controller/enable", self._on_enable)
         self.create_service(Trigger, "sim/reset", self._on_reset)
@@ -175,11 +190,30 @@ class SimNode(Node):
             self.chunks_rejected += 1
             self.get_logger().warn(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
             return
-        if self.realtime:
-            self.lock.t = self._wall()  # the chunk arrives now, on the clock it is stamped with
-            self._chunks_seen += 1
-            self._chunk_latency.append(self.lock.t - chunk.stamp)
         self.lock.submit(chunk)
+
+    def _receive_chunk(self, msg: JointTrajectory) -> None:
+        """Real-time mode, on the receiving thread: note the arrival time; the loop submits it."""
+        self._inbox.put((self._wall(), msg))
+
+    def _submit_received(self) -> None:
+        """Real-time mode: hand the chunks received so far to the executor, each at its arrival time."""
+        while True:
+            try:
+                arrival, msg = self._inbox.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                chunk = chunk_from_msg(msg, default_period=self.lock.period)
+            except ChunkMessageError as e:
+                self.chunks_rejected += 1
+                self.get_logger().warning(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
+                continue
+            self._chunks_seen += 1
+            self._chunk_latency.append(arrival - chunk.stamp)
+            last = self.lock.executor.last_tick
+            self.lock.t = arrival if last is None else max(arrival, last)  # the executor's clock never runs back
+            self.lock.submit(chunk)
 
     def _on_enable(self, request: SetBool.Request, response: SetBool.Response) -> SetBool.Response:
         self.lock.set_enabled(bool(request.data))
@@ -227,9 +261,10 @@ class SimNode(Node):
             if now >= deadline:
                 return
             self._deliver_frames()
+            self._submit_received()
             nxt = self.camera_delay.next_release()
             wait = deadline - now if nxt is None else min(deadline, nxt) - now
-            self._ros_executor.spin_once(timeout_sec=max(0.0, min(wait, 0.005)))
+            self._ros_executor.spin_once(timeout_sec=max(0.0, min(wait, 0.002)))
 
     def run_realtime(self) -> int:
         """Physics at the control rate on the wall clock; holds when no action is due."""
@@ -254,7 +289,8 @@ class SimNode(Node):
             self._capture(t, obs)
             next_tick += period
             self._spin_until(next_tick)
-        lock.sim.reset()
+        lock.restart_episode()  # the chunks so far were computed while the arm stood before the episode
+        self._chunk_latency = []
         self.camera_delay.clear()
         next_tick = self._wall()
         late_ticks = 0
@@ -263,6 +299,7 @@ class SimNode(Node):
             if now - next_tick > period:
                 late_ticks += 1  # the loop fell behind (a slow render): run this tick now, re-anchor the grid
                 next_tick = now
+            self._submit_received()
             lock.t = now
             cmd = lock.step()  # executor tick at `now` + one physics step (holds when nothing is due)
             if cmd.is_move:
@@ -291,6 +328,8 @@ class SimNode(Node):
                 gap_end = self._wall() + lock.episode_gap
                 while rclpy.ok() and self._wall() < gap_end:
                     self._ros_executor.spin_once(timeout_sec=0.01)
+                while not self._inbox.empty():  # chunks computed from the last episode's frames
+                    self._inbox.get_nowait()
                 next_tick = self._wall()
                 continue
             next_tick += period
@@ -425,6 +464,9 @@ class SimNode(Node):
         self._publish_diagnostics(f"episode {result.index} done")
 
     def close(self) -> None:
+        if self.realtime:
+            self._rx_executor.shutdown(timeout_sec=1.0)
+            self._rx_node.destroy_node()
         if self._video is not None:
             self._video.close()
             self._video = None
