@@ -39,6 +39,16 @@ ahead of the arm, i.e. the arm travels at most that far once actions stop. The m
 the target: re-basing targets on a lagging (or sagging, in franky-sim) measurement feeds its error back into
 the next target. Every target still passes the envelope (workspace, step, velocity).
 
+**Response** (``response``). ``direct`` (above): the target moves by the full delta. ``robosuite``: the target is the
+pose of a reference model of robosuite's closed-loop OSC_POSE response (:mod:`d2ppo_control.osc_response`: goal =
+model pose + delta, the spring integrated for one period), so a policy's actions move the arm as they moved the sim
+arm it was trained on (+0.5 in x: ~6 mm per step in steady state, not 25). The envelope checks the action against
+the model pose; the model's step never exceeds one envelope step and never carries the target out of the box or cone
+(``model_steps_limited``); the tracking lead applies to the model targets. A zero-motion action lets the model
+coast (its velocity decays); once a coast step is shorter than MODEL_REST_TOLERANCE the model is put at rest on the
+target already sent, and zero actions keep it and send nothing, as in ``direct``. Measured parity:
+``python -m d2ppo_franka.parity`` and the package README.
+
 **Zero motion sends nothing.** A zero-motion action (translation and rotation components all 0: teleop
 with hands off, a policy asking to stay) keeps the current target, whatever the lead, and starts no new
 franky motion: the running motion already holds that target. Re-sending it is not harmless: franky starts
@@ -61,7 +71,15 @@ from dataclasses import dataclass
 import numpy as np
 from d2ppo_control.chunk import SOURCES, ActionChunk
 from d2ppo_control.executor import HOLD, ChunkExecutor, Command
-from d2ppo_control.osc import delta_to_target, quat_multiply, quat_normalize, target_to_delta
+from d2ppo_control.osc import (
+    axis_angle_to_quat,
+    delta_to_target,
+    quat_multiply,
+    quat_normalize,
+    quat_to_axis_angle,
+    target_to_delta,
+)
+from d2ppo_control.osc_response import OscGains, OscResponse
 from d2ppo_control.safety import SafetyEnvelope, SafetyLimits
 
 from d2ppo_franka.arm import ArmError, ArmState, ConnectionLost, ReflexError
@@ -80,6 +98,15 @@ AT_TARGET_TOLERANCE = 1e-3
 AT_TARGET_TOLERANCE_ROT = 0.01
 #: What the controller does when the executor's watchdog trips (ControllerConfig.watchdog_action).
 WATCHDOG_ACTIONS = ("brake", "settle")
+#: How an action moves the target (ControllerConfig.response).
+RESPONSES = ("robosuite", "direct")
+#: m / rad: ``response: robosuite``: a zero-motion action whose model step ends this close to the last sent target
+#: puts the model at rest on that target and sends nothing, like ``direct`` does at once (the coast after a motion,
+#: 4, 1.6, 0.6 mm for a 0.13 m/s model, is sent until then).
+MODEL_REST_TOLERANCE = 5e-4
+MODEL_REST_TOLERANCE_ROT = 5e-3
+#: periods between two executed actions beyond which the model is stopped first (a pause, not a skipped slot).
+MODEL_MAX_GAP = 3.5
 
 
 @dataclass
@@ -94,6 +121,12 @@ class ControllerConfig:
     #: (lead + one step).
     max_tracking_lead: float = 0.03
     max_tracking_lead_rot: float = 0.5
+    #: How an action moves the target. "robosuite": the target is the pose of a reference model of robosuite's
+    #: closed-loop OSC_POSE response (d2ppo_control.osc_response: goal = model pose + delta, a critically damped
+    #: spring towards it for one period), so the arm moves like the sim arm a policy was trained on (6 mm per step
+    #: for a +0.5 action in steady state). "direct": previous target + the full delta (25 mm for +0.5): what a
+    #: teleoperator expects, and what the franky-sim tests pin.
+    response: str = "direct"
     #: "brake": on a watchdog trip hold at the pose measured then (the arm comes to rest within its braking
     #: distance); "settle": let the arm settle on the last accepted target (up to lead + one step away).
     watchdog_action: str = "brake"
@@ -106,6 +139,9 @@ class ControllerConfig:
     start_enabled: bool = False
     #: the chunk source executed ("policy" or "teleop", a chunk's header.frame_id); settable at run time.
     source: str = "policy"
+    #: how a new chunk meets the previous one: "replace", "ensemble" (ACT temporal ensembling) or "inpaint"
+    #: (conditioned in the inference node, executed like replace); the inference node's ``seam`` must match.
+    seam: str = "replace"
     reconnect_period: float = 2.0
 
     @property
@@ -127,6 +163,8 @@ class ControllerConfig:
             raise ValueError(f"home_dynamics_factor must be in (0, 1], got {self.home_dynamics_factor}")
         if self.source not in SOURCES:
             raise ValueError(f"source must be one of {SOURCES}, got {self.source!r}")
+        if self.response not in RESPONSES:
+            raise ValueError(f"response must be one of {RESPONSES}, got {self.response!r}")
 
 
 class GripperLatch:
@@ -240,6 +278,8 @@ class ControllerCounters:
     #: steps not added to the target because the arm lagged more than max_tracking_lead behind it.
     steps_held_back: int = 0
     watchdog_brakes: int = 0
+    #: response "robosuite": model steps cut to the envelope's per-step limits or kept inside the box / cone.
+    model_steps_limited: int = 0
     #: times the controller disabled itself (reflex, connection loss, watchdog trip, clock jump).
     auto_disables: int = 0
     homes_refused: int = 0
@@ -258,7 +298,9 @@ class FrankaController:
         self.limits = limits
         tolerance = self.config.late_tolerance if self.config.late_tolerance > 0.0 else None
         self.envelope = SafetyEnvelope(limits)
-        self.executor = ChunkExecutor(self.envelope, self.config.period, tolerance, source=self.config.source)
+        self.executor = ChunkExecutor(
+            self.envelope, self.config.period, tolerance, source=self.config.source, seam=self.config.seam
+        )
         self.gripper = GripperLatch(self.config.gripper_close_threshold, self.config.gripper_open_threshold)
         self.counters = ControllerCounters()
         self.enabled = bool(self.config.start_enabled)
@@ -271,6 +313,8 @@ class FrankaController:
         #: ``[7]`` the action the latest tick actually sent (after the envelope and the tracking lead), else None.
         self.last_executed: np.ndarray | None = None
         self._target: tuple[np.ndarray, np.ndarray] | None = None  # last commanded (pos, quat)
+        self._model: OscResponse | None = None  # response "robosuite": the emulated sim arm; its pose is the target
+        self._model_due: float | None = None  # due time of the action the model last stepped for
         self._gripper_commanded: bool | None = None
         self._stopped = False  # an active stop was sent since the last move
         self._recovery_attempts = 0  # recover_from_errors() calls since the last enable
@@ -462,6 +506,8 @@ class FrankaController:
 
     def _move(self, cmd: Command, ref_pos: np.ndarray, ref_quat: np.ndarray) -> np.ndarray:
         """Send one accepted action; returns the action actually sent (the tracking lead may hold a step back)."""
+        if self.config.response == "robosuite":
+            return self._move_with_model(cmd, ref_pos, ref_quat)
         executed = np.array(cmd.action, dtype=np.float64)
         if not np.any(cmd.action[:6]):
             # zero motion: the running motion holds the target (without a target of ours the arm holds where
@@ -495,6 +541,112 @@ class FrankaController:
             self._target = (target_pos, target_quat)
             self._stopped = False
         return executed
+
+    def _move_with_model(self, cmd: Command, ref_pos: np.ndarray, ref_quat: np.ndarray) -> np.ndarray:
+        """``response: robosuite``: step the response model with the accepted action and send its pose.
+
+        The envelope checked the action against the reference (= the model pose): the goal ``ref + delta`` is inside
+        the limits. The model pose lags that goal (robosuite's arm does); its step is bounded by the envelope's
+        per-step limits and must not carry the target out of the box or cone (momentum after a reversal could): such
+        a step is cut and the model stopped (``model_steps_limited``). Zero-motion actions let the model coast to
+        rest (its velocity decays) and then keep the target and send nothing, like ``direct``.
+        """
+        executed = np.array(cmd.action, dtype=np.float64)
+        model = self._synced_model(ref_pos, ref_quat, cmd.due)
+        zero = not np.any(cmd.action[:6])
+        if zero and model.at_rest:
+            self.counters.targets_kept += 1
+            return executed
+        a = np.clip(executed[:6], -1.0, 1.0)
+        new_pos, new_quat = model.step(a[:3] * self.limits.pos_scale, a[3:6] * self.limits.rot_scale)
+        new_pos, new_quat = self._bounded_model_step(model, ref_pos, ref_quat, new_pos, new_quat)
+        if zero and self._target is not None and self._near(new_pos, new_quat, *self._target):
+            model.reset(*self._target)  # the coast has ended: at rest on the target already sent
+            self.counters.targets_kept += 1
+            return executed
+        if self._target is not None:
+            gated_pos, gated_quat, held_back = lead_gated_target(
+                *self._target,
+                new_pos,
+                new_quat,
+                self.state.ee_pos,
+                self.state.ee_quat,
+                self.config.max_tracking_lead,
+                self.config.max_tracking_lead_rot,
+            )
+            if held_back:  # the model waits, at rest, where the target stays
+                self.counters.steps_held_back += 1
+                if not np.array_equal(gated_pos, new_pos):
+                    model.hold_position(gated_pos)
+                    executed[:3] = 0.0
+                if not np.array_equal(gated_quat, new_quat):
+                    model.hold_orientation(gated_quat)
+                    executed[3:6] = 0.0
+                new_pos, new_quat = model.pos.copy(), model.quat.copy()
+        if self._target is None or not (
+            np.array_equal(new_pos, self._target[0]) and np.array_equal(new_quat, self._target[1])
+        ):
+            self.arm.move_to(new_pos, new_quat)
+            self.counters.motions_sent += 1
+            self._target = (new_pos, new_quat)
+            self._stopped = False
+        return executed
+
+    def _synced_model(self, ref_pos: np.ndarray, ref_quat: np.ndarray, due: float | None) -> OscResponse:
+        """The response model, at rest on the reference whenever the target was set elsewhere (enable, stop,
+        brake, home: the model pose is the target only while this path sets it), and stopped after a pause of more
+        than MODEL_MAX_GAP periods without an action (the arm settled on the target meanwhile). A slot or two
+        skipped (a late chunk joined at its current slot, a tick lost to a busy machine) keeps it moving: robosuite's
+        arm has no pauses, and restarting from rest after every lost slot would slow the arm down."""
+        m = self._model
+        if m is None:
+            m = self._model = OscResponse(ref_pos, ref_quat, OscGains())
+        elif self._target is None or not (
+            np.array_equal(m.pos, self._target[0]) and np.array_equal(m.quat, self._target[1])
+        ):
+            m.reset(ref_pos, ref_quat)
+        elif due is None or self._model_due is None or due - self._model_due > MODEL_MAX_GAP * self.config.period:
+            m.stop()
+        self._model_due = due
+        return m
+
+    def _bounded_model_step(
+        self, model: OscResponse, ref_pos: np.ndarray, ref_quat: np.ndarray, pos: np.ndarray, quat: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The model's new pose, no further from the reference than one step the envelope accepts
+        (``max_translation_per_step``, ``max_velocity`` · period; rotation alike), and inside the box and cone
+        unless the reference itself is outside. A cut step stops the model there."""
+        lim = self.limits
+        period = self.config.period
+        max_len = min(lim.max_translation_per_step, lim.max_velocity * period)
+        max_rot = min(lim.max_rotation_per_step, lim.max_angular_velocity * period)
+        limited = False
+        step = pos - ref_pos
+        length = float(np.linalg.norm(step))
+        if length > max_len:
+            pos, limited = ref_pos + step * (max_len / length), True
+        rot = quat_to_axis_angle(quat_multiply(quat, _quat_conjugate(quat_normalize(ref_quat))))
+        angle = float(np.linalg.norm(rot))
+        if angle > max_rot:
+            quat = quat_normalize(quat_multiply(axis_angle_to_quat(rot * (max_rot / angle)), quat_normalize(ref_quat)))
+            limited = True
+        if self.envelope.pose_problem(pos, quat) and not self.envelope.pose_problem(ref_pos, ref_quat):
+            pos, quat, limited = np.array(ref_pos, dtype=np.float64), np.array(ref_quat, dtype=np.float64), True
+        if limited:
+            self.counters.model_steps_limited += 1
+            model.reset(pos, quat)
+            pos, quat = model.pos.copy(), model.quat.copy()
+        # the invariant the envelope's per-step limits rely on
+        assert float(np.linalg.norm(pos - ref_pos)) <= max_len * (1.0 + 1e-9) + 1e-12
+        assert _quat_angle(quat, ref_quat) <= max_rot * (1.0 + 1e-6) + 1e-9
+        return pos, quat
+
+    @staticmethod
+    def _near(pos: np.ndarray, quat: np.ndarray, other_pos: np.ndarray, other_quat: np.ndarray) -> bool:
+        return (
+            float(np.linalg.norm(pos - other_pos)) <= MODEL_REST_TOLERANCE
+            and _quat_angle(quat, other_quat) <= MODEL_REST_TOLERANCE_ROT
+        )
 
     # -- helpers -----------------------------------------------------------------------------------------
     def _hold(self, reason: str) -> Command:

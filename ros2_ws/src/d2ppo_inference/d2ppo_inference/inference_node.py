@@ -21,6 +21,7 @@ Parameters:
   image_reliability (str)   "best_effort" (matches any camera driver) | "reliable"
   seed (int)                >= 0 seeds torch/numpy so sampled chunks repeat (sim evaluation)
   torch_threads (int)       intra-op threads of the torch sampler; 0 = torch's default (one per core)
+  onnx_threads (int), onnx_spin (bool)   ONNX Runtime intra-op threads and busy-waiting
   diagnostics_period (float) seconds of wall time between /diagnostics messages
 """
 
@@ -70,6 +71,11 @@ class InferenceNode(Node):
         # sample take 76 ms p50 / 293 ms p90 (OpenMP threads spinning against other processes) vs
         # 1.4 ms / 23 ms with one; the paper-size policy 392 ms vs 45 ms p50.
         self.declare_parameter("torch_threads", 1)
+        # ONNX Runtime: intra-op threads and whether idle workers busy-wait. One thread without spinning keeps
+        # the other core free for the camera / sim process (measured on 2 loaded cores: 4.4 ms p50 with one
+        # thread vs 6.2 ms with two spinning); raise it on a robot PC with cores to spare.
+        self.declare_parameter("onnx_threads", 1)
+        self.declare_parameter("onnx_spin", False)
         self.declare_parameter("diagnostics_period", 1.0)
         refuse_undeclared_parameters(self)  # before importing torch and loading the policy
         param = lambda name: self.get_parameter(name).value  # noqa: E731
@@ -105,6 +111,9 @@ class InferenceNode(Node):
             period=1.0 / rate_hz,
             lead=int(param("lead")),
             seam=param("seam"),
+            sampler_options={"threads": int(param("onnx_threads")), "spin": bool(param("onnx_spin"))}
+            if backend == "onnx"
+            else None,
         )
         self._frames_used: dict[str, float] = {}  # camera -> stamp of the frame the last tick used
         self._last_tick_wall: float | None = None

@@ -175,6 +175,7 @@ class PolicyRunner:
             ``ceil(p99 / period)``, at most act_steps - 1; 1 until measured). 0: no overlap.
         seam: "replace" | "ensemble" (executed by the controller's executor) | "inpaint" (the overlapping
             first actions of a new chunk are conditioned on the previous chunk's; torch sampler).
+        sampler_options: keyword arguments of the backend's sampler (ONNX: ``threads``, ``spin``).
     """
 
     def __init__(
@@ -187,6 +188,7 @@ class PolicyRunner:
         seed: int | None = None,
         lead: int = 0,
         seam: str = "replace",
+        sampler_options: dict | None = None,
     ):
         if replan not in REPLAN_MODES:
             raise ValueError(f"replan must be one of {REPLAN_MODES}, got {replan!r}")
@@ -205,7 +207,7 @@ class PolicyRunner:
             self.backend = "torch"  # the ONNX graph runs the chain whole; inpainting needs its steps
             self.sampler = InpaintingSampler(policy)
         else:
-            self.sampler = policy.sampler(backend)
+            self.sampler = policy.sampler(backend, **(sampler_options or {}))
         self._rng = np.random.default_rng(seed) if seed is not None else None
         self.builder = policy.obs_builder()
         self.base = BasePose.from_card(policy.card)

@@ -40,6 +40,7 @@ from pathlib import Path
 
 import numpy as np
 import rclpy
+from d2ppo_control.chunk import ActionChunk
 from d2ppo_control.executor import ChunkExecutor
 from d2ppo_control.ros_conversions import (
     ChunkMessageError,
@@ -57,6 +58,7 @@ from geometry_msgs.msg import PoseStamped
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+from rclpy.subscription import MessageInfo
 from rosgraph_msgs.msg import Clock
 from sensor_msgs.msg import Image, JointState
 from std_msgs.msg import Bool
@@ -183,18 +185,25 @@ class SimNode(Node):
         self._ros_executor.add_node(self)
 
     # --- callbacks ------------------------------------------------------------------------------
-    def _on_chunk(self, msg: JointTrajectory) -> None:
+    def _parse_chunk(self, msg: JointTrajectory) -> ActionChunk | None:
+        """The chunk in a message, or None (counted, logged) for a malformed one."""
         try:
-            chunk = chunk_from_msg(msg, default_period=self.lock.period)
+            return chunk_from_msg(msg, default_period=self.lock.period)
         except ChunkMessageError as e:
             self.chunks_rejected += 1
-            self.get_logger().warn(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
-            return
-        self.lock.submit(chunk)
+            self.get_logger().warning(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
+            return None
 
-    def _receive_chunk(self, msg: JointTrajectory) -> None:
-        """Real-time mode, on the receiving thread: note the arrival time; the loop submits it."""
-        self._inbox.put((self._wall(), msg))
+    def _on_chunk(self, msg: JointTrajectory) -> None:
+        chunk = self._parse_chunk(msg)
+        if chunk is not None:
+            self.lock.submit(chunk)
+
+    def _receive_chunk(self, msg: JointTrajectory, info: MessageInfo) -> None:
+        """Real-time mode, on the receiving thread: note the arrival time (the middleware's receive stamp, on
+        the system clock, when it has one: unaffected by this process's GIL); the loop submits it."""
+        received = info.get("received_timestamp", 0) if info else 0
+        self._inbox.put((received * 1e-9 if received > 0 else self._wall(), msg))
 
     def _submit_received(self) -> None:
         """Real-time mode: hand the chunks received so far to the executor, each at its arrival time."""
@@ -203,11 +212,8 @@ class SimNode(Node):
                 arrival, msg = self._inbox.get_nowait()
             except queue.Empty:
                 return
-            try:
-                chunk = chunk_from_msg(msg, default_period=self.lock.period)
-            except ChunkMessageError as e:
-                self.chunks_rejected += 1
-                self.get_logger().warning(f"rejected action chunk: {e}", throttle_duration_sec=5.0)
+            chunk = self._parse_chunk(msg)
+            if chunk is None:
                 continue
             self._chunks_seen += 1
             self._chunk_latency.append(arrival - chunk.stamp)
