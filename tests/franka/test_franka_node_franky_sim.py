@@ -68,6 +68,9 @@ def rig(tmp_path_factory):
                 # for more than 50 ms, which would drop an action as stale (test_stale_chunk_is_dropped
                 # covers dropping); the product default stays one period.
                 "late_tolerance": 0.1,
+                # these tests pin the envelope, lead and displacement in the direct response (one action = its
+                # full delta); the robosuite response is tested in test_parity.py
+                "response": "direct",
                 "home_joints": START_JOINTS,
                 "safety.workspace_min": WORKSPACE_MIN,
                 "safety.workspace_max": WORKSPACE_MAX,
@@ -524,7 +527,11 @@ def test_node_runs_in_a_namespace(tmp_path):
     node = probe = None
     try:
         node = start_franka_node(
-            domain, {"robot_ip": host, "realtime": False}, tmp_path, name="ns_node", ros_args=("-r", "__ns:=/robot1")
+            domain,
+            {"robot_ip": host, "realtime": False, "response": "direct"},
+            tmp_path,
+            name="ns_node",
+            ros_args=("-r", "__ns:=/robot1"),
         )
         probe = RosProbe(domain, namespace="/robot1")
         probe.wait_ready(timeout=30.0)
@@ -731,7 +738,7 @@ def test_backward_clock_jump_clears_the_queue_and_the_arm_stops(tmp_path):
     try:
         node = start_franka_node(
             domain,
-            {"robot_ip": host, "realtime": False, "use_sim_time": True, "late_tolerance": 0.1},
+            {"robot_ip": host, "realtime": False, "use_sim_time": True, "late_tolerance": 0.1, "response": "direct"},
             tmp_path,
             name="sim_time_node",
         )

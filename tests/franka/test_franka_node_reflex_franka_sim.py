@@ -45,6 +45,7 @@ def rig(tmp_path_factory):
                 "safety.workspace_min": [0.3, -0.3, 0.4],
                 "safety.workspace_max": [0.8, 0.3, 0.85],
                 "safety.max_reflex_retries": MAX_REFLEX_RETRIES,
+                "response": "direct",  # the displacement checks below count full deltas
             },
             log_dir,
         )

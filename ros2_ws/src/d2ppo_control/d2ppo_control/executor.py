@@ -5,9 +5,9 @@ The same class runs in the franka node and the sim node, so sim and real execute
 
 * action ``i`` of a chunk is due at ``chunk.stamp + i * chunk.period``. From rest, a chunk plays its actions
   one per tick from the first one not stale (it cannot be late for a motion that has not started: its grid
-  shifts by the start's delay). In a continuous run each tick runs the slot nearest to it (due up to half a
-  period after the tick): an overdue action is skipped when a later one is also due, so a pipelined chunk
-  that arrives late (camera latency) joins the time grid on time instead of running late ever after;
+  shifts by the start's delay). In a continuous run each tick runs the next slot, unless that slot is more than
+  3/4 of a period overdue while a later one is due: then it is skipped, so a pipelined chunk that arrives late
+  (camera latency) or a tick that came late catches up with the time grid instead of running late ever after;
 * an action that is more than ``late_tolerance`` overdue is dropped, never executed late (its observation
   is too old); the default tolerance of one period absorbs the phase between a chunk's arrival and the
   next tick, so a chunk that arrives on time loses nothing;
@@ -80,6 +80,8 @@ _CLOCK_JUMP_TOLERANCE = 1e-6
 #: How chunks meet: the executor implements replace and ensemble; inpaint is conditioned in the inference
 #: node and executed like replace.
 SEAM_STRATEGIES = ("replace", "ensemble", "inpaint")
+#: Periods a slot may be overdue, in a continuous run, before the executor skips it for a later due slot.
+_SKIP_LATENESS = 0.75
 
 
 class _Slot:
@@ -291,9 +293,15 @@ class ChunkExecutor:
             late = now - self._pending[0].run_at
             for slot in self._pending:
                 slot.run_at += late
-        # in a continuous run the slot nearest now runs: an overdue action is skipped when a later one is also
-        # due this tick, so a pipelined chunk that arrives late joins the time grid on time
-        while len(self._pending) >= 2 and self._pending[1].run_at <= now + half:
+        # in a continuous run the next slot runs unless it is more than SKIP_LATENESS periods overdue while a later
+        # one is also due: then the run catches up with the time grid (a tick that came late, a chunk joined late)
+        # instead of running late ever after. The margin above half a period keeps a grid phased about half a
+        # period against the ticks (frames captured mid-tick) from flipping between slots with every jitter.
+        while (
+            len(self._pending) >= 2
+            and self._pending[1].run_at <= now + half
+            and now - self._pending[0].run_at > _SKIP_LATENESS * self.period
+        ):
             self._pending.popleft()
             c["actions_dropped_stale"] += 1
         self._ran_last_tick = bool(self._pending) and self._pending[0].run_at <= now + half

@@ -124,9 +124,10 @@ class ControllerConfig:
     #: How an action moves the target. "robosuite": the target is the pose of a reference model of robosuite's
     #: closed-loop OSC_POSE response (d2ppo_control.osc_response: goal = model pose + delta, a critically damped
     #: spring towards it for one period), so the arm moves like the sim arm a policy was trained on (6 mm per step
-    #: for a +0.5 action in steady state). "direct": previous target + the full delta (25 mm for +0.5): what a
-    #: teleoperator expects, and what the franky-sim tests pin.
-    response: str = "direct"
+    #: for a +0.5 action in steady state; within 1 cm RMS of robosuite on the parity sequences). "direct": previous
+    #: target + the full delta (25 mm for +0.5), what the envelope and tracking-lead tests pin. Record demos and
+    #: deploy with the same response.
+    response: str = "robosuite"
     #: "brake": on a watchdog trip hold at the pose measured then (the arm comes to rest within its braking
     #: distance); "settle": let the arm settle on the last accepted target (up to lead + one step away).
     watchdog_action: str = "brake"
@@ -141,7 +142,7 @@ class ControllerConfig:
     source: str = "policy"
     #: how a new chunk meets the previous one: "replace", "ensemble" (ACT temporal ensembling) or "inpaint"
     #: (conditioned in the inference node, executed like replace); the inference node's ``seam`` must match.
-    seam: str = "replace"
+    seam: str = "ensemble"
     reconnect_period: float = 2.0
 
     @property
