@@ -25,13 +25,21 @@ import numpy as np
 
 from d2ppo.data.robomimic_hdf5 import RobomimicWriter
 from d2ppo.envs.robosuite_env import RENDER_PROFILES, canonical_task, default_env_args, is_success, make_env, raw_obs
-from d2ppo.experts.scripted import PickPlaceExpert
+from d2ppo.experts.scripted import EXPERT_TASKS, PickPlaceExpert, make_expert
 
-DEFAULT_HORIZON = {"Lift": 100, "PickPlaceCan": 300}
+DEFAULT_HORIZON = {"Lift": 100, "PickPlaceCan": 300, "NutAssemblySquare": 300}
 
 
 class CameraError(ValueError):
     """A camera name the task's model does not have; the message names it and the available ones."""
+
+
+class TaskError(ValueError):
+    """A task without a scripted expert; the message names the ones there are."""
+
+
+class TooFewDemosError(RuntimeError):
+    """Fewer successful attempts than ``--episodes`` within ``--max-attempts``; the partial file is kept."""
 
 
 def parse_cameras(names: Sequence[str]) -> list[str]:
@@ -124,7 +132,7 @@ def _init_worker(env_args: dict, render_profile: str, task: str, noise: float, c
     env = make_env(env_args, seed=0, render_profile=render_profile)
     _worker.update(
         env=env,
-        expert=PickPlaceExpert(task, noise=noise),
+        expert=make_expert(task, noise=noise),
         camera_names=camera_names,
         max_steps=max_steps,
         model_file=env.sim.model.get_xml(),
@@ -178,6 +186,8 @@ def generate(
     from tqdm import tqdm
 
     task = canonical_task(task)
+    if task not in EXPERT_TASKS:  # here, not in the workers: a failing pool initializer is restarted forever
+        raise TaskError(f"no scripted expert for {task!r}; have {', '.join(EXPERT_TASKS)} (lift, can, square)")
     horizon = horizon or DEFAULT_HORIZON.get(task, 300)
     cams = parse_cameras(camera_names)
     check_cameras(task, cams)  # here, not in the workers: a failing pool initializer is restarted forever
@@ -238,7 +248,8 @@ def generate(
         )
     writer.close()
     if kept < episodes:
-        raise RuntimeError(f"only {kept}/{episodes} successful demos in {attempts} attempts; partial file {partial}")
+        raise TooFewDemosError(f"only {kept}/{episodes} successful demos in {attempts} attempts "
+                               f"({kept / max(attempts, 1):.1%} kept); partial file {partial}")
     os.replace(partial, out)
     seconds = time.time() - t0
     summary = {
@@ -263,7 +274,7 @@ def _model_xml(env_args: dict, render_profile: str) -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="d2ppo generate", description=__doc__.split("\n\n")[0])
-    p.add_argument("--task", default="lift", help="lift | can (or Lift, PickPlaceCan)")
+    p.add_argument("--task", default="lift", help="lift | can | square (or Lift, PickPlaceCan, NutAssemblySquare)")
     p.add_argument("--episodes", type=int, default=100, help="successful demos to keep")
     p.add_argument("--cameras", nargs="*", default=[], help="camera names; 'none' (or no names) -> low-dim only")
     p.add_argument("--image-size", type=int, default=96, help="square image size, pixels")
@@ -272,7 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .hdf5 path (overwritten)")
     p.add_argument("--render-profile", default="fast", choices=sorted(RENDER_PROFILES))
     p.add_argument("--workers", type=int, default=1, help="processes (each runs its own env)")
-    p.add_argument("--horizon", type=int, default=None, help="max steps per episode (Lift 100, Can 300)")
+    p.add_argument("--horizon", type=int, default=None, help="max steps per episode (Lift 100, Can 300, Square 300)")
     p.add_argument("--max-attempts", type=int, default=None, help="give up after this many attempts (3x + 10)")
     p.add_argument("--valid-fraction", type=float, default=0.1)
     p.add_argument("--no-progress", action="store_true")
@@ -301,6 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         )
     except CameraError as e:
         raise SystemExit(f"error: --cameras: {e}") from None
+    except TaskError as e:
+        raise SystemExit(f"error: --task: {e}") from None
+    except TooFewDemosError as e:
+        raise SystemExit(f"error: {e}") from None
     size_mb = os.path.getsize(args.out) / 1e6
     print(
         f"{summary['task']}: kept {summary['kept']}/{summary['attempts']} attempts "

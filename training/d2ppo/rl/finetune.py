@@ -67,6 +67,9 @@ class FinetuneConfig:
     # under load ~10 from other jobs, 2 threads made the update 6x and inference 30x slower than 1.
     threads: int = 1
     max_minutes: float | None = None  # stop after this wall time (checked between iterations)
+    # Stop after the iteration in which the run's env steps reach this budget (the arms of a comparison at equal
+    # env steps: they differ by less than one iteration's envs x steps_per_iter x act_steps).
+    env_step_budget: int | None = None
     ppo: DiffusionPPOConfig = field(default_factory=DiffusionPPOConfig)
     gaussian: GaussianPPOConfig = field(default_factory=GaussianPPOConfig)
 
@@ -302,7 +305,9 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
             for k, v in logs.items():
                 writer.add_scalar(f"update/{k}", v, env_steps)
             out_of_time = cfg.max_minutes is not None and (time.time() - t0) / 60 >= cfg.max_minutes
-            if cfg.eval_every and cfg.eval_episodes > 0 and (it % cfg.eval_every == 0 or it == cfg.iterations or out_of_time):
+            out_of_budget = cfg.env_step_budget is not None and env_steps >= cfg.env_step_budget
+            last = it == cfg.iterations or out_of_time or out_of_budget
+            if cfg.eval_every and cfg.eval_episodes > 0 and (it % cfg.eval_every == 0 or last):
                 rec["eval"] = periodic_eval(it)
                 last_eval = rec["eval"]["success_rate"]
                 save_agent(agent, cfg, pkg, run_dir / "checkpoints" / f"iter_{it:04d}",
@@ -315,6 +320,10 @@ def finetune(cfg: FinetuneConfig, command: str | None = None) -> dict:
             metrics_f.flush()
             bar.set_postfix(roll=f"{succ:.2f}" if succ is not None else "-", eval=f"{last_eval:.2f}",
                             steps=env_steps, kl=f"{logs.get('approx_kl', 0):.1e}")
+            if out_of_budget:
+                print(f"[finetune] env-step budget of {cfg.env_step_budget} reached after iteration {it} "
+                      f"({env_steps} env steps)", flush=True)
+                break
             if out_of_time:
                 print(f"[finetune] time budget of {cfg.max_minutes} min reached after iteration {it}", flush=True)
                 break
@@ -403,6 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads)
     p.add_argument("--max-minutes", type=float, help="wall-time budget for the training loop")
+    p.add_argument("--env-step-budget", type=int,
+                   help="stop after the iteration that reaches this many env steps (equal-budget comparisons)")
     g = p.add_argument_group("diffusion PPO (--algo d2ppo)")
     g.add_argument("--ft-denoising-steps", type=int, default=pd.ft_denoising_steps)
     g.add_argument("--noise-eta", type=float, default=pd.noise_eta,
@@ -458,6 +469,7 @@ def config_from_args(a: argparse.Namespace) -> FinetuneConfig:
         max_env_steps=a.max_env_steps, gamma=a.gamma, gae_lambda=a.gae_lambda, reward_scaling=not a.no_reward_scaling,
         critic_warmup_iters=a.critic_warmup, eval_every=a.eval_every, eval_episodes=a.eval_episodes,
         final_eval_episodes=a.final_eval_episodes, final_eval_workers=a.final_eval_workers, seed=a.seed, threads=a.threads, max_minutes=a.max_minutes,
+        env_step_budget=a.env_step_budget,
         ppo=ppo, gaussian=gauss,
     )
 
