@@ -119,6 +119,52 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def plot(rows: list[dict], path: Path) -> None:
+    """Success with its 95 % interval per condition and seam, and obs->chunk p50/p99, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lock = next((r for r in rows if r["mode"] == "lockstep"), None)
+    conds = [(lat, jit) for _, lat, jit in CONDITIONS]
+    fig, (ax, ax2) = plt.subplots(1, 2, figsize=(11, 4))
+    width = 0.25
+    for j, seam in enumerate(SEAMS):
+        xs, ys, err, p50, p99 = [], [], [[], []], [], []
+        for i, (lat, jit) in enumerate(conds):
+            r = next((r for r in rows if r["mode"] == "realtime" and r["seam"] == seam
+                      and r["latency_ms"] == lat and r["jitter_ms"] == jit), None)  # fmt: skip
+            if r is None:
+                continue
+            xs.append(i + (j - 1) * width)
+            ys.append(r["success_rate"])
+            err[0].append(r["success_rate"] - r["ci95"][0])
+            err[1].append(r["ci95"][1] - r["success_rate"])
+            p50.append(r["obs_to_chunk_p50_ms"])
+            p99.append(r["obs_to_chunk_p99_ms"])
+        ax.bar(xs, ys, width, yerr=err, capsize=3, label=seam)
+        ax2.plot(xs, p50, "o", color=f"C{j}", label=f"{seam} p50")
+        ax2.plot(xs, p99, "^", color=f"C{j}", alpha=0.6, label=f"{seam} p99")
+    labels = [f"+{lat:g} ± {jit:g} ms" for lat, jit in conds]
+    for a in (ax, ax2):
+        a.set_xticks(range(len(conds)), labels)
+        a.set_xlabel("injected camera latency (real-time sim)")
+    if lock is not None:
+        ax.axhline(
+            lock["success_rate"], color="k", ls="--", lw=1, label=f"lock-step {lock['successes']}/{lock['episodes']}"
+        )
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel(f"success ({rows[0]['episodes']} episodes, 95 % Wilson interval)")
+    ax.legend(fontsize=7, loc="lower left")
+    ax2.set_ylabel("obs→chunk at the sim, ms")
+    ax2.legend(fontsize=6, ncol=3)
+    fig.suptitle(f"{rows[0]['policy']}: lock-step vs real-time, seam strategies")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--policy", default="policies/lift_img_d2ppo", help="policy package folder")
@@ -128,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="docs/results/sim2real.json", help="rows so far (resumable)")
     ap.add_argument("--domain", type=int, default=93, help="ROS_DOMAIN_ID of the runs (localhost discovery)")
     ap.add_argument("--timeout", type=float, default=3600.0, help="seconds per row")
+    ap.add_argument("--plot-only", action="store_true", help="table and plot of --out as it is; run nothing")
     args = ap.parse_args(argv)
     if args.episodes < 1:
         ap.error("--episodes must be >= 1")
@@ -147,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in done
         if r["policy"] == args.policy and r["episodes"] == args.episodes and r["seed"] == args.seed
     }
-    for i, row in enumerate(rows):
+    for i, row in enumerate([] if args.plot_only else rows):
         key = row_key(row)
         if key in done_keys:
             print(f"[bench_sim2real] {key}: done already (in {out})", flush=True)
@@ -171,6 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     order = {row_key(r): i for i, r in enumerate(all_rows())}
     selected.sort(key=lambda r: order.get(row_key(r), 99))
     print(table(selected))
+    png = out.with_suffix(".png")
+    plot(selected, png)
+    print(f"[bench_sim2real] plot: {png}")
     print(json.dumps({"rows": [{k: v for k, v in r.items() if k != "executor"} for r in selected]}))
     return 0
 

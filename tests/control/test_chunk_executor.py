@@ -61,11 +61,12 @@ def test_actions_that_become_overdue_while_pending_are_dropped_not_run_late():
     ex = make_executor()
     ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.0)
     assert ex.tick(10.0, EE).action[0] == pytest.approx(0.1)
-    # the controller stalls for 130 ms: 0.2 (due 10.05) is overdue beyond tolerance, 0.3 (10.10) is not
+    # the controller stalls for 130 ms: 0.2 (due 10.05) is overdue beyond tolerance; of 0.3 (10.10, 30 ms late)
+    # and 0.4 (10.15, 20 ms ahead) the nearer slot runs
     cmd = ex.tick(10.13, EE)
-    assert cmd.action[0] == pytest.approx(0.3)
-    assert ex.stats()["actions_dropped_stale"] == 1
-    # a stall of 90 ms: 0.3 is 40 ms (more than 3/4 period) overdue and 0.4 is due: the run catches up
+    assert cmd.action[0] == pytest.approx(0.4)
+    assert ex.stats()["actions_dropped_stale"] == 2
+    # a stall of 90 ms: 0.3 is 40 ms overdue and 0.4 is due: the run catches up
     ex = make_executor()
     ex.submit(chunk(10.0, [0.1, 0.2, 0.3, 0.4]), now=10.0)
     ex.tick(10.0, EE)

@@ -54,7 +54,9 @@ def test_teleop_chunks_move_the_arm_through_the_controller_and_are_recorded(fran
     # selects the teleop source (d2ppo_bringup.ctl source teleop) and enables; here as start parameters.
     franka = franky_sim.start_franka_node(
         domain,
-        {"robot_ip": HOST, "realtime": False, "late_tolerance": 0.1, "start_enabled": True, "source": "teleop"},
+        # response direct: the displacement check below counts full deltas (robosuite's response: test_parity.py)
+        {"robot_ip": HOST, "realtime": False, "late_tolerance": 0.1, "start_enabled": True, "source": "teleop",
+         "response": "direct"},
         tmp_path,
     )
     try:

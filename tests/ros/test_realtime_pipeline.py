@@ -287,17 +287,11 @@ def test_realtime_sim_runs_episodes_end_to_end_over_dds(ros_env, tiny_policy, tm
     assert math.isfinite(results["success_rate"])
 
 
-def test_ticks_phased_about_half_a_period_against_the_frames_drop_nothing():
-    """The real-time sim captures a frame ~30 ms into a 50 ms tick, so the chunk grid sits about half a period
-    before the ticks and render jitter moves it by a few ms either way: the run keeps to consecutive slots."""
-    ex = executor()
-    rng = np.random.default_rng(0)
-    every, executed = 3, []  # lead 1
-    for k in range(40):
-        now = k * P + 0.025 + rng.uniform(-0.006, 0.006)  # ticks 19-31 ms after the frames
-        if k % every == 0:
-            ex.submit(tagged_chunk(k * P, k // every % 5), k * P + 0.005)
-        cmd = ex.tick(now, EE)
-        executed.append(cmd.action is not None)
-    assert all(executed)
-    assert ex.stats()["actions_dropped_stale"] == 0
+def test_ensemble_leaves_one_action_chunks_alone():
+    """Teleop sends one-action chunks at 20 Hz: each is a command for now and replaces, never averaged."""
+    ex = executor("ensemble")
+    ex.submit(tagged_chunk(0.0, 1), 0.0)  # a policy plan: 0.10 0.11 0.12 0.13
+    ex.tick(0.0, EE)
+    ex.submit(ActionChunk(stamp=P, period=P, actions=np.zeros((1, 7)), source="policy"), P)  # hold here
+    assert float(ex.tick(P, EE).action[0]) == 0.0 and ex.pending == 0
+    assert ex.stats()["actions_ensembled"] == 0

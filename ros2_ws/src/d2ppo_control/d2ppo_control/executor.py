@@ -5,16 +5,17 @@ The same class runs in the franka node and the sim node, so sim and real execute
 
 * action ``i`` of a chunk is due at ``chunk.stamp + i * chunk.period``. From rest, a chunk plays its actions
   one per tick from the first one not stale (it cannot be late for a motion that has not started: its grid
-  shifts by the start's delay). In a continuous run each tick runs the next slot, unless that slot is more than
-  3/4 of a period overdue while a later one is due: then it is skipped, so a pipelined chunk that arrives late
-  (camera latency) or a tick that came late catches up with the time grid instead of running late ever after;
+  shifts by the start's delay). In a continuous run each tick runs the slot nearest to it: an overdue slot is
+  skipped when a later one is also due, so a pipelined chunk that arrives late (camera latency) or a tick that
+  came late catches up with the time grid instead of running late ever after (skipping measured better than
+  running late: see _SKIP_LATENESS);
 * an action that is more than ``late_tolerance`` overdue is dropped, never executed late (its observation
   is too old); the default tolerance of one period absorbs the phase between a chunk's arrival and the
   next tick, so a chunk that arrives on time loses nothing;
 * a newer chunk (larger stamp) takes over the slots it covers, by the *seam* strategy: ``replace`` (the rest
   of the older chunk is dropped) or ``ensemble`` (ACT-style temporal ensembling: every chunk's prediction for
   a slot is kept and the slot runs their weighted mean, weight ``exp(-ensemble_decay * i)`` for the i-th
-  oldest prediction); a chunk with an older or equal stamp is ignored (out-of-order delivery, a restarted
+  oldest prediction; a one-action chunk — teleop, a hold — always replaces); a chunk with an older or equal stamp is ignored (out-of-order delivery, a restarted
   publisher replaying old data). A slot already executed is never executed again: a pipelined chunk
   (computed while the previous one still ran) that arrives after some of its slots ran starts at the
   first slot not yet executed (``actions_already_executed``). The third strategy, ``inpaint``, lives in the
@@ -80,8 +81,11 @@ _CLOCK_JUMP_TOLERANCE = 1e-6
 #: How chunks meet: the executor implements replace and ensemble; inpaint is conditioned in the inference
 #: node and executed like replace.
 SEAM_STRATEGIES = ("replace", "ensemble", "inpaint")
-#: Periods a slot may be overdue, in a continuous run, before the executor skips it for a later due slot.
-_SKIP_LATENESS = 0.75
+#: Periods a slot may be overdue, in a continuous run, before the executor skips it for a later due slot: half a
+#: period, i.e. the slot nearest the tick runs. Measured (scripts/bench_sim2real.py, 9 real-time rows x 20
+#: episodes): 156/180 successes with 0.5 vs 142/180 with 0.75, which drops fewer actions (0-3 % vs 6-13 %) but
+#: runs them up to 37 ms late (docs/results/sim2real.json, sim2real_skip075.json).
+_SKIP_LATENESS = 0.5
 
 
 class _Slot:
@@ -227,13 +231,16 @@ class ChunkExecutor:
         new: list[tuple[float, np.ndarray]] = []
         for i, action in enumerate(chunk.actions):
             t = chunk.time_of(i)
-            if self._last_executed_due is not None and t <= self._last_executed_due + half:
-                c["actions_already_executed"] += 1  # its slot ran (from an older chunk)
+            if len(chunk) > 1 and self._last_executed_due is not None and t <= self._last_executed_due + half:
+                # its slot ran (from an older plan); a one-action chunk is a command for now, not a slot of a plan
+                c["actions_already_executed"] += 1
             elif t < oldest_allowed:
                 c["actions_dropped_stale"] += 1
             else:
                 new.append((t, action))
-        if self.seam == "ensemble" and self._pending:
+        # ensembling averages the overlapping predictions of a policy's open-loop plans; a one-action chunk
+        # (teleop, an operator's hold) is a command for now and replaces what was pending
+        if self.seam == "ensemble" and self._pending and len(chunk) > 1:
             # older slots before the new chunk's first still run; later ones gain the new prediction
             first = new[0][0] if new else np.inf
             kept = [s for s in self._pending if s.due < first - half]
@@ -293,10 +300,9 @@ class ChunkExecutor:
             late = now - self._pending[0].run_at
             for slot in self._pending:
                 slot.run_at += late
-        # in a continuous run the next slot runs unless it is more than SKIP_LATENESS periods overdue while a later
-        # one is also due: then the run catches up with the time grid (a tick that came late, a chunk joined late)
-        # instead of running late ever after. The margin above half a period keeps a grid phased about half a
-        # period against the ticks (frames captured mid-tick) from flipping between slots with every jitter.
+        # in a continuous run the next slot runs unless it is more than _SKIP_LATENESS periods overdue while a
+        # later one is also due: then the run catches up with the time grid (a tick that came late, a chunk
+        # joined late) instead of running late ever after
         while (
             len(self._pending) >= 2
             and self._pending[1].run_at <= now + half
