@@ -158,8 +158,11 @@ class WorkingArm(UnrecoverableArm):
     def stop(self):
         self.stops += 1
 
-    def move_joints(self, joints, factor):
+    def move_joints(self, joints, factor, cancelled=None):
+        if cancelled is not None and cancelled.is_set():
+            return False
         self.joint_moves += 1
+        return True
 
     def read_state(self):
         return ArmState(
@@ -285,3 +288,59 @@ def test_watchdog_action_must_be_brake_or_settle():
     ControllerConfig(watchdog_action="settle")
     with pytest.raises(ValueError, match="watchdog_action"):
         ControllerConfig(watchdog_action="coast")
+
+
+def test_home_is_refused_when_the_way_there_leaves_the_box():
+    """The end pose may be fine and the sweep not: from a pose far to the side, joint 1 swings the hand
+    through the robot's own column, outside a box that starts at x = 0.25 m."""
+    arm = WorkingArm()
+    arm.read_state = lambda: ArmState(  # noqa: E731 - joint 1 turned 2.4 rad: the hand behind the robot's side
+        np.array([2.4, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785]), np.zeros(7), np.array([0.5, 0.0, 0.4]),
+        np.array([1.0, 0, 0, 0]), 0.08, False,
+    )  # fmt: skip
+    ctrl = FrankaController(arm, SafetyLimits(workspace_min=(0.25, -0.6, 0.02), workspace_max=(0.75, 0.6, 0.7)))
+    ctrl.set_enabled(True)
+    ctrl.state = arm.read_state()
+    ok, message = ctrl.home()
+    assert not ok and "the way home passes" in message and arm.joint_moves == 0
+
+
+def test_a_clock_jump_noticed_in_submit_still_disables():
+    """The reviewer's case: a chunk on the new time line arrives before the next tick and clears the trip."""
+    arm = WorkingArm()
+    ctrl = enabled_controller(arm, SafetyLimits())
+    ctrl.submit_chunk(ActionChunk(stamp=100.0, period=0.05, actions=np.zeros((4, 7)), source="policy"), 100.0)
+    ctrl.step(100.0)
+    ctrl.submit_chunk(ActionChunk(stamp=50.0, period=0.05, actions=np.full((4, 7), 0.1), source="policy"), 50.0)
+    moves = arm.moves
+    ctrl.step(50.0)
+    assert not ctrl.enabled and ctrl.disabled_reason == "clock jumped backwards" and arm.moves == moves
+
+
+def test_stop_during_the_home_start_keeps_the_joint_motion_from_starting():
+    arm = WorkingArm()
+    gate = threading.Event()
+    calls = []
+    real_stop = arm.stop
+
+    def slow_stop():
+        calls.append("stop")
+        gate.wait(5.0)
+        real_stop()
+
+    def move_joints(joints, factor, cancelled=None):
+        arm.stop()
+        if cancelled is not None and cancelled.is_set():
+            return False
+        calls.append("move_joints")
+        return True
+
+    arm.stop, arm.move_joints = slow_stop, move_joints
+    ctrl = enabled_controller(arm, SafetyLimits())
+    assert ctrl.home()[0]
+    time.sleep(0.05)  # the worker is inside the stop that precedes the joint motion
+    ok, _ = ctrl.stop()
+    gate.set()
+    ctrl.wait_idle()
+    ctrl.step(1.0)
+    assert ok and "move_joints" not in calls and not ctrl.homing and not ctrl.enabled

@@ -66,7 +66,10 @@ def domains():
 
 
 def _probe_env(domain: int, scope: str, peers: str = "") -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ROS_") and k != "RMW_IMPLEMENTATION"}
+    # A clean environment: the pytest process's own has gathered settings from earlier tests' imports
+    # (LD_LIBRARY_PATH from cv2 and the ROS wheels, PYOPENGL_PLATFORM, ...), and probes started with it
+    # after such tests failed to discover each other.
+    env = {k: os.environ[k] for k in ("PATH", "HOME", "LANG", "LC_ALL", "TMPDIR") if k in os.environ}
     env.update(ROS_DOMAIN_ID=str(domain), ROS_AUTOMATIC_DISCOVERY_RANGE=scope, FASTDDS_BUILTIN_TRANSPORTS="UDPv4")
     if peers:
         env["ROS_STATIC_PEERS"] = peers

@@ -292,13 +292,13 @@ class SafetyEnvelope:
         self.counters["accepted"] += 1
         return SafetyDecision(ACCEPTED, out, "", target, target_quat)
 
-    def pose_problem(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> str | None:
+    def pose_problem(self, pos: np.ndarray, quat_xyzw: np.ndarray, cone: bool = True) -> str | None:
         """Why an absolute end-effector pose is outside the envelope (TCP or a fingertip outside the box, tool
         outside the orientation cone), or None when it is inside. Counts nothing (for targets that do not
         come from chunks, e.g. the home pose)."""
         lim = self.limits
         tilt = self.tool_tilt(quat_xyzw)
-        if tilt > lim.max_tool_tilt:
+        if cone and tilt > lim.max_tool_tilt:
             return f"tilts the tool {tilt:.3f} rad from tool_axis_nominal (max_tool_tilt {lim.max_tool_tilt})"
         reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
         pos = np.asarray(pos, dtype=np.float64)
@@ -306,6 +306,16 @@ class SafetyEnvelope:
         if (pos < lo).any() or (pos > hi).any():
             return f"puts the TCP or a fingertip outside the workspace box {lim.workspace_min}..{lim.workspace_max}"
         return None
+
+    def pose_violation(self, pos: np.ndarray, quat_xyzw: np.ndarray) -> float:
+        """How far a pose is outside the envelope: metres of the TCP/fingertips outside the box plus radians of
+        tilt beyond the cone (0 inside). A step from outside may shrink this, never grow it."""
+        lim = self.limits
+        reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
+        pos = np.asarray(pos, dtype=np.float64)
+        lo, hi = np.array(lim.workspace_min) + reach, np.array(lim.workspace_max) - reach
+        outside = float(np.sum(np.maximum(lo - pos, 0.0)) + np.sum(np.maximum(pos - hi, 0.0)))
+        return outside + max(0.0, self.tool_tilt(quat_xyzw) - lim.max_tool_tilt)
 
     def tool_tilt(self, quat_xyzw: np.ndarray) -> float:
         """Angle (rad) between the tool's z axis at orientation ``quat_xyzw`` and ``tool_axis_nominal``."""

@@ -230,14 +230,17 @@ class FrankyArm:
         except _NETWORK_TYPES as e:
             raise _as_arm_error(e) from e
 
-    def move_joints(self, joint_positions: np.ndarray, dynamics_factor: float = 1.0) -> None:
-        """Start (asynchronously) a joint motion that ends at ``joint_positions`` [7] rad.
+    def move_joints(self, joint_positions: np.ndarray, dynamics_factor: float = 1.0, cancelled=None) -> bool:
+        """Start (asynchronously) a joint motion that ends at ``joint_positions`` [7] rad; returns False when
+        ``cancelled`` (a threading.Event) was set before the motion started (nothing started then).
 
         The control signal type must not change while a motion runs, so the running Cartesian motion is
         stopped first.
         """
         robot = self._require()
         self.stop()
+        if cancelled is not None and cancelled.is_set():
+            return False
         motion = franky.JointMotion(
             [float(v) for v in np.asarray(joint_positions).reshape(7)],
             relative_dynamics_factor=float(dynamics_factor),
@@ -246,6 +249,7 @@ class FrankyArm:
             robot.move(motion, asynchronous=True)
         except (*_REFLEX_TYPES, *_NETWORK_TYPES) as e:
             raise _as_arm_error(e) from e
+        return True
 
     @property
     def has_errors(self) -> bool:

@@ -87,6 +87,8 @@ from d2ppo_franka.kinematics import JOINT_LIMITS_HIGH, JOINT_LIMITS_LOW, forward
 
 #: Panda/FR3 "ready" pose (rad), the usual franka_ros / robosuite start configuration.
 DEFAULT_HOME_JOINTS = (0.0, -0.785, 0.0, -2.356, 0.0, 1.571, 0.785)
+#: joint-space samples of the home motion's sweep checked against the box before it starts.
+HOME_SWEEP_SAMPLES = 20
 #: rad: homing is done when every joint is this close to home_joints and the motion ended.
 HOME_TOLERANCE = 0.02
 #: s: a home motion that has not started moving by then (and is not home) counts as ended.
@@ -323,6 +325,7 @@ class FrankaController:
         self._ever_connected = False
         self._job: _Job | None = None
         self._enable_after_job = False
+        self._jumps_seen = 0  # the executor's clock_jumps_back as of the last enabled control tick
         self.last_error = ""
         self.watchdog_hold_latency: float | None = None
         self._last_step_at = 0.0
@@ -367,6 +370,7 @@ class FrankaController:
         return True, "enabled"
 
     def _set_enabled_now(self) -> None:
+        self._jumps_seen = self.executor.counters["clock_jumps_back"]  # jumps before the enable are history
         self.faulted, self.fault_message = False, ""
         self.enabled = True
         self.disabled_reason = ""
@@ -376,6 +380,8 @@ class FrankaController:
     def stop(self) -> tuple[bool, str]:
         """Stop now and disable (until /controller/enable true). Served within one control period: while a
         connect or recovery runs on the worker nothing moves and whatever the job would start is cancelled."""
+        if self._job is not None and self._job.done:
+            self._finish_job(self._last_step_at)  # a home motion it started is stopped below, now
         self.homing = False  # the stop below interrupts a home motion too
         self._disable("stopped by the operator", active_hold=False)
         self.counters.active_stops += 1
@@ -415,11 +421,8 @@ class FrankaController:
         factor = self.config.home_dynamics_factor
 
         def start_home(cancelled: threading.Event) -> bool:
-            self.arm.stop()  # a Cartesian motion must end before a joint motion starts (blocks briefly)
-            if cancelled.is_set():
-                return False
-            self.arm.move_joints(joints, factor)
-            return True
+            # stops the Cartesian motion first (blocks briefly), then starts the joint motion unless cancelled
+            return bool(self.arm.move_joints(joints, factor, cancelled=cancelled))
 
         self.homing = True
         self._homing_since = self._last_step_at
@@ -438,6 +441,14 @@ class FrankaController:
         problem = self.envelope.pose_problem(pos, quat)
         if problem:
             return f"home pose {np.round(pos, 3).tolist()} {problem}"
+        if self.state is not None:
+            # the joint motion's sweep, sampled: the TCP and fingertips stay inside the box on the way too
+            q0 = np.asarray(self.state.joint_positions, dtype=np.float64)
+            for s in np.linspace(0.0, 1.0, HOME_SWEEP_SAMPLES):
+                p, r = forward_kinematics(q0 + s * (q - q0))
+                problem = self.envelope.pose_problem(p, r, cone=False)
+                if problem:
+                    return f"the way home passes {np.round(p, 3).tolist()}, which {problem}"
         return None
 
     # -- the control tick --------------------------------------------------------------------------------
@@ -479,14 +490,15 @@ class FrankaController:
 
         ref_pos, ref_quat = self._reference(self.state)
         trips = self.executor.counters["watchdog_trips"]
-        jumps = self.executor.counters["clock_jumps_back"]
         cmd = self.executor.tick(now, ref_pos, ref_quat)
         self.last_command = cmd
-        tripped = self.executor.counters["watchdog_trips"] != trips
+        # a backward jump noticed in submit (and cleared there by a chunk on the new time line) counts too
+        jumped = self.executor.counters["clock_jumps_back"] != self._jumps_seen
+        self._jumps_seen = self.executor.counters["clock_jumps_back"]
+        tripped = self.executor.counters["watchdog_trips"] != trips or jumped
         try:
             if tripped:
                 self.watchdog_hold_latency = now - (self._watchdog_deadline() or now)
-                jumped = self.executor.counters["clock_jumps_back"] != jumps
                 if self.config.watchdog_action == "brake":
                     self._brake(self.state)
                 self._disable(
@@ -631,7 +643,11 @@ class FrankaController:
         if angle > max_rot:
             quat = quat_normalize(quat_multiply(axis_angle_to_quat(rot * (max_rot / angle)), quat_normalize(ref_quat)))
             limited = True
-        if self.envelope.pose_problem(pos, quat) and not self.envelope.pose_problem(ref_pos, ref_quat):
+        if self.envelope.pose_problem(pos, quat) and (
+            not self.envelope.pose_problem(ref_pos, ref_quat)
+            or self.envelope.pose_violation(pos, quat) > self.envelope.pose_violation(ref_pos, ref_quat) + 1e-12
+        ):
+            # into the envelope's box / cone from inside, or further out from outside: the step is cut
             pos, quat, limited = np.array(ref_pos, dtype=np.float64), np.array(ref_quat, dtype=np.float64), True
         if limited:
             self.counters.model_steps_limited += 1

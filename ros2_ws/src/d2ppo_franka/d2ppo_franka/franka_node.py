@@ -145,6 +145,10 @@ class FrankaNode(Node):
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Run-time parameter changes: only ``source`` may change while the node runs."""
         for p in params:
+            if p.name != "source":
+                return SetParametersResult(
+                    successful=False, reason=f"{p.name} is read at start only; change the file and restart the node"
+                )
             if p.name == "source":
                 try:
                     self.controller.set_source(str(p.value))

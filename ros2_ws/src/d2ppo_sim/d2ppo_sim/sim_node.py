@@ -301,6 +301,7 @@ class SimNode(Node):
         next_tick = self._wall()
         late_ticks = 0
         while rclpy.ok() and (self.episodes <= 0 or len(lock.results) < self.episodes):
+            self._submit_received()  # before sampling the tick time: a chunk is never submitted after its tick
             now = self._wall()
             if now - next_tick > period:
                 late_ticks += 1  # the loop fell behind (a slow render): run this tick now, re-anchor the grid
