@@ -15,4 +15,12 @@ unset RMW_IMPLEMENTATION
 # DDS discovery stays on this host for every process the tests start (DESIGN.md): ROS 2's default range,
 # SUBNET, would let a test's chunks or service calls reach a robot on the LAN in the same domain.
 export ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST
+# The DDS discovery probes (tests/infra/test_dds_defaults.py) run in a pytest process of their own first: late in
+# the long session their fresh participant processes stopped discovering each other (they pass alone and after
+# every subset of the suite tried; the cause is not found yet — see the issue notes of stop 15).
+DDS_PROBES=tests/infra/test_dds_defaults.py
+if [[ " $* " != *" tests"* ]]; then
+  .venv/bin/python -m pytest "$@" "$DDS_PROBES"
+  exec .venv/bin/python -m pytest "$@" --ignore="$DDS_PROBES"
+fi
 exec .venv/bin/python -m pytest "$@"
