@@ -269,9 +269,7 @@ class SafetyEnvelope:
                 reasons.append("clipped_orientation")
                 rot = np.zeros(3)
                 target_quat = ee_quat
-            # fingertips at target ± h * y_tool inside [lo, hi]  <=>  target inside the box shrunk by h * |y_tool|
-            reach = lim.finger_half_span * np.abs(quat_to_matrix(target_quat)[:, 1])
-            lo, hi = lo + reach, hi - reach
+            lo, hi = self.tcp_box(target_quat)
 
         target = ee_pos + step
         if (target < lo).any() or (target > hi).any():
@@ -292,6 +290,13 @@ class SafetyEnvelope:
         self.counters["accepted"] += 1
         return SafetyDecision(ACCEPTED, out, "", target, target_quat)
 
+    def tcp_box(self, quat_xyzw: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(lo, hi) the TCP must stay within at this orientation: the fingertips at TCP ± finger_half_span · y_tool
+        are inside the workspace box  <=>  the TCP is inside the box shrunk by finger_half_span · |y_tool|."""
+        lim = self.limits
+        reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
+        return np.array(lim.workspace_min) + reach, np.array(lim.workspace_max) - reach
+
     def pose_problem(self, pos: np.ndarray, quat_xyzw: np.ndarray, cone: bool = True) -> str | None:
         """Why an absolute end-effector pose is outside the envelope (TCP or a fingertip outside the box, tool
         outside the orientation cone), or None when it is inside. Counts nothing (for targets that do not
@@ -300,9 +305,8 @@ class SafetyEnvelope:
         tilt = self.tool_tilt(quat_xyzw)
         if cone and tilt > lim.max_tool_tilt:
             return f"tilts the tool {tilt:.3f} rad from tool_axis_nominal (max_tool_tilt {lim.max_tool_tilt})"
-        reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
         pos = np.asarray(pos, dtype=np.float64)
-        lo, hi = np.array(lim.workspace_min) + reach, np.array(lim.workspace_max) - reach
+        lo, hi = self.tcp_box(quat_xyzw)
         if (pos < lo).any() or (pos > hi).any():
             return f"puts the TCP or a fingertip outside the workspace box {lim.workspace_min}..{lim.workspace_max}"
         return None
@@ -311,9 +315,8 @@ class SafetyEnvelope:
         """How far a pose is outside the envelope: metres of the TCP/fingertips outside the box plus radians of
         tilt beyond the cone (0 inside). A step from outside may shrink this, never grow it."""
         lim = self.limits
-        reach = lim.finger_half_span * np.abs(quat_to_matrix(quat_xyzw)[:, 1])
         pos = np.asarray(pos, dtype=np.float64)
-        lo, hi = np.array(lim.workspace_min) + reach, np.array(lim.workspace_max) - reach
+        lo, hi = self.tcp_box(quat_xyzw)
         outside = float(np.sum(np.maximum(lo - pos, 0.0)) + np.sum(np.maximum(pos - hi, 0.0)))
         return outside + max(0.0, self.tool_tilt(quat_xyzw) - lim.max_tool_tilt)
 

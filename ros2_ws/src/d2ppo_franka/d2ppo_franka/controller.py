@@ -322,7 +322,6 @@ class FrankaController:
         self._stopped = False  # an active stop was sent since the last move
         self._recovery_attempts = 0  # recover_from_errors() calls since the last enable
         self._last_connect_try = -math.inf
-        self._ever_connected = False
         self._job: _Job | None = None
         self._enable_after_job = False
         self._jumps_seen = 0  # the executor's clock_jumps_back as of the last enabled control tick
@@ -795,7 +794,6 @@ class FrankaController:
                 self.faulted, self.fault_message = True, f"recovery failed: {e}"
             return
         if job.name == "connect":
-            self._ever_connected = True
             self.executor.reset()
             self._target = None
             self._gripper_commanded = None
